@@ -1,0 +1,82 @@
+"""Shared fixtures: real photographs, generated videos, and exported models (session-scoped)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_sample_maker():
+    spec = importlib.util.spec_from_file_location("make_sample", ROOT / "samples" / "make_sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_sample = _load_sample_maker()
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """scikit-image's chelsea (a cat) and coffee (espresso) photos as BGR u8 arrays."""
+    chelsea, coffee = make_sample.photos(("chelsea", "coffee"))
+    return {"chelsea": chelsea, "coffee": coffee}
+
+
+@pytest.fixture(scope="session")
+def clip_factory(tmp_path_factory):
+    """make(width, height, fps, frames, name=None) -> Path of a generated H.264 MP4 (cached)."""
+    folder = tmp_path_factory.mktemp("clips")
+    cache: dict[tuple, Path] = {}
+
+    def make(width=320, height=180, fps=25, frames=30, name=None, **kw) -> Path:
+        key = (width, height, fps, frames, name, tuple(sorted(kw.items())))
+        if key not in cache:
+            stem = name or f"clip_{width}x{height}_{fps}fps_{frames}f"
+            cache[key] = make_sample.write_clip(
+                folder / f"{stem}.mp4", width, height, fps, frames, **kw
+            )
+        return cache[key]
+
+    return make
+
+
+def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run a console entry point (`ovstream` or `model-prep`) as a real subprocess."""
+    tool, *rest = args
+    module = {"ovstream": "stream.cli", "model-prep": "model_prep.cli"}[tool]
+    return subprocess.run(
+        [sys.executable, "-m", module, *rest],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kw.pop("cwd", ROOT),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def lite0_model(tmp_path_factory) -> Path:
+    """The pretrained default (EfficientNet-Lite0) exported to fp32/ and fp16/ IR folders."""
+    out = tmp_path_factory.mktemp("models") / "lite0"
+    proc = run_cli("model-prep", "export", "--arch", "efficientnet-lite0", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def resnet50_random(tmp_path_factory) -> Path:
+    """ResNet50 with random weights (seeded), exported to fp32/ and fp16/ IR folders."""
+    out = tmp_path_factory.mktemp("models") / "resnet50"
+    proc = run_cli(
+        "model-prep", "export", "--arch", "resnet50", "--weights", "random", "--output", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
