@@ -18,13 +18,18 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    commands: Sequence[tuple[str, str, str]] = COMMANDS,
+    prog: str = "ovstream",
+    description: str | None = __doc__,
+) -> argparse.ArgumentParser:
+    """One sub-parser per command; each command module is imported when the parser is built."""
     import importlib
 
-    parser = argparse.ArgumentParser(prog="ovstream", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module, help_text in COMMANDS:
+    for name, module, help_text in commands:
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)
