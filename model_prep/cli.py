@@ -1,0 +1,23 @@
+"""`model-prep`: PyTorch -> ONNX -> OpenVINO IR with preprocessing built in, INT8, validation, speed."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from stream.cli import build_parser, run_guarded, setup_logging
+
+COMMANDS: list[tuple[str, str, str]] = [
+    ("export", "model_prep.export", "export a PyTorch model to OpenVINO IR (FP32 and FP16)"),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(COMMANDS, prog="model-prep", description=__doc__)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return run_guarded(lambda: args._run(args), "model-prep")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
