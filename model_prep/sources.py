@@ -7,7 +7,9 @@ the built-in `efficientnet-lite0`, whose pretrained ImageNet weights ship inside
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +180,8 @@ def _torchvision(arch: str, weights: str) -> Source:
         wts = _torchvision_weights(arch, weights)
         filename = wts.url.rsplit("/", 1)[-1]
         try:
-            state = wts.get_state_dict(progress=False, check_hash=True)
+            with contextlib.redirect_stderr(io.StringIO()):  # torch.hub's "Downloading:" line
+                state = wts.get_state_dict(progress=False, check_hash=True)
         except Exception:
             raise UserError(
                 f"cannot download torchvision weights {wts} (offline?); pass the file "

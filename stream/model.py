@@ -143,6 +143,9 @@ def compile_model(
     props.update(config or {})
     try:
         model = core.read_model(info.xml)
+        if model.inputs[0].get_partial_shape().is_dynamic:
+            # One frame per request: a static shape lets the plugin plan memory once.
+            model.reshape([1, info.geometry.height, info.geometry.width, 3])
         return core.compile_model(model, device, props)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
