@@ -1,0 +1,195 @@
+"""Infer stage: OpenVINO in THROUGHPUT mode with an AsyncInferQueue of the optimal size.
+
+The main thread receives tensors only while a request is free (so the queue in front of it is
+the backpressure) and sends out results; OpenVINO's callback threads copy each output (the
+request is reused right after) onto a deque and wake the main thread through a pipe, which the
+ZeroMQ poller watches next to the input socket. Results leave in completion order; publish puts
+them back in frame order. An end of stream is passed on only when the stream has no request in
+flight, so it always follows the stream's last result.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from stream import messages
+from stream.model import compile_model, load_info
+from stream.stage import Stage, StreamTracker
+from stream.transport import TransportConfig, send
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferConfig:
+    """What the infer stage loads and how it runs it."""
+
+    model: str
+    """Model folder (a precision folder, or a parent with int8/fp32/fp16)."""
+    streams: list[str]
+    """Stream ids it waits for; it ends after the end of stream of each."""
+    device: str = "CPU"
+    """OpenVINO device: CPU, AUTO, GPU, NPU..."""
+    requests: int = 0
+    """Infer requests in flight; 0 = the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS."""
+    ov_config: dict[str, Any] = field(default_factory=dict)
+    """Extra OpenVINO properties (e.g. NUM_STREAMS, INFERENCE_NUM_THREADS)."""
+
+
+def check_tensor(arr: np.ndarray, shape: tuple[int, ...]) -> str | None:
+    """None if `arr` fits the model input (H, W, 3 u8), else why not."""
+    if arr.dtype != np.uint8 or tuple(arr.shape) != tuple(shape):
+        return f"tensor {arr.dtype}{list(arr.shape)} does not fit the model input uint8{list(shape)}"
+    return None
+
+
+class InferStage(Stage):
+    """PULL tensors (bound), run them asynchronously, PUSH logits to publish."""
+
+    name = "infer"
+
+    def __init__(
+        self, config: InferConfig, transport: TransportConfig, endpoints: dict[str, str]
+    ) -> None:
+        super().__init__(transport, endpoints)
+        self.config = config
+        self._in: zmq.Socket | None = None
+        self._out: zmq.Socket | None = None
+        self._queue: Any = None
+        self._pipe: tuple[int, int] | None = None
+
+    def run(self) -> None:
+        import openvino as ov
+
+        cfg = self.config
+        info = load_info(cfg.model)
+        compiled = compile_model(info, cfg.device, "throughput", cfg.ov_config)
+        nreq = cfg.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        shape = (info.geometry.height, info.geometry.width, 3)
+        self._queue = ov.AsyncInferQueue(compiled, nreq)
+        done: collections.deque = collections.deque()
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        self._pipe = (rfd, wfd)
+
+        def on_done(request: Any, userdata: Any) -> None:
+            # Runs on an OpenVINO thread: copy now, the request is reused for the next frame.
+            try:
+                out: Any = request.get_output_tensor(0).data.copy()
+            except Exception as exc:  # reported by the main thread, which owns the sockets
+                out = exc
+            done.append((userdata, out))
+            os.write(wfd, b"\0")
+
+        self._queue.set_callback(on_done)
+        self._in = self.socket(zmq.PULL, "tensors", bind=True)
+        self._out = self.socket(zmq.PUSH, "logits", bind=False)
+        self.report(messages.READY, requests=nreq, device=cfg.device, precision=info.precision)
+        log.info("infer: %s %s on %s, %d requests", info.name, info.precision, cfg.device, nreq)
+
+        tracker = StreamTracker(cfg.streams)
+        pending = collections.Counter()  # requests in flight per stream
+        held_eos: dict[str, messages.Message] = {}
+        inflight = 0
+        self.stats.update(frames=0, inflight=0, requests=nreq)
+        poller = zmq.Poller()
+        poller.register(rfd, zmq.POLLIN)
+        polling_input = False
+        while not self.should_stop():
+            if tracker.done and inflight == 0 and not held_eos:
+                break
+            want_input = inflight < nreq
+            if want_input != polling_input:
+                if want_input:
+                    poller.register(self._in, zmq.POLLIN)
+                else:
+                    poller.unregister(self._in)
+                polling_input = want_input
+            events = dict(poller.poll(self.transport.io_timeout_ms))
+            self.tick()
+            if rfd in events:
+                try:
+                    os.read(rfd, 4096)
+                except BlockingIOError:
+                    pass
+            while done:
+                (stream, seq, meta), out = done.popleft()
+                inflight -= 1
+                pending[stream] -= 1
+                self.stats["inflight"] = inflight
+                if isinstance(out, Exception):
+                    raise RuntimeError(f"inference failed: {out}")
+                parts = messages.encode(messages.LOGITS, stream, seq, meta, [out.reshape(-1)])
+                if not send(self._out, parts, self.should_stop):
+                    return
+                self.stats["frames"] += 1
+                if pending[stream] == 0 and stream in held_eos:
+                    self._forward_eos(held_eos.pop(stream))
+            if polling_input and self._in in events:
+                msg, problem = self._receive()
+                if msg is None:
+                    if problem:
+                        self.reject(problem)
+                    continue
+                if msg.kind not in (messages.TENSOR, messages.EOS):
+                    self.reject(f"unexpected {msg.kind} message on the tensors link")
+                    continue
+                if msg.kind == messages.TENSOR:
+                    problem = check_tensor(msg.arrays[0], shape)
+                    if problem:
+                        self.reject(f"stream {msg.stream!r} frame {msg.seq}: {problem}")
+                        continue
+                problem = tracker.check(msg)
+                if problem:
+                    self.reject(problem)
+                    continue
+                if msg.kind == messages.EOS:
+                    if pending[msg.stream] == 0:
+                        self._forward_eos(msg)
+                    else:
+                        held_eos[msg.stream] = msg
+                    continue
+                self._queue.start_async(
+                    {0: msg.arrays[0][None]}, (msg.stream, msg.seq, msg.meta)
+                )
+                inflight += 1
+                pending[msg.stream] += 1
+                self.stats["inflight"] = inflight
+        self.complete = tracker.done
+        self.tick(force=True)
+
+    def _receive(self) -> tuple[messages.Message | None, str | None]:
+        assert self._in is not None
+        try:
+            parts = self._in.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None, None
+        try:
+            return messages.decode(parts), None
+        except messages.MessageError as exc:
+            return None, str(exc)
+
+    def _forward_eos(self, msg: messages.Message) -> None:
+        parts = messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta)
+        assert self._out is not None
+        send(self._out, parts, self.should_stop)
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.wait_all()
+            self._queue = None
+        for sock in (self._in, self._out):
+            if sock is not None:
+                sock.close()
+        self._in = self._out = None
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None

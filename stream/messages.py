@@ -1,0 +1,228 @@
+"""The wire format between stages: multipart `[topic, header JSON, payload...]`.
+
+Every message between pipeline processes goes through `encode` and `decode`. The header is a JSON
+object with the wire version `v`, the message `kind`, the stream id, a per-stream sequence number,
+timestamps and, for each payload part, its dtype and shape. Payloads are raw array buffers, sent
+without copies and received as zero-copy numpy views. Nothing that comes off a socket is
+unpickled; a message that does not match this format raises `MessageError`, which receivers count
+and log, and never lets it crash a stage.
+
+Results leave the pipeline in a different, public form: `[stream_id, result JSON]` on the PUB
+socket, one JSON object per line in the JSON Lines file, both described by
+`stream/schemas/result.schema.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+WIRE_VERSION = 1
+"""Version of the internal header format; receivers reject any other."""
+RESULT_VERSION = 1
+"""Version of the public result record (`v` in result.schema.json)."""
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "result.schema.json"
+
+# Data kinds flow downstream between stages; control kinds go from a stage to the supervisor.
+FRAME = "frame"  # a decoded (already downscaled) BGR frame, capture -> preprocess
+TENSOR = "tensor"  # the model input, preprocess -> infer
+LOGITS = "logits"  # raw model output, infer -> publish
+EOS = "eos"  # end of one stream; `count` = number of frames sent in it
+RESULT = "result"  # a finished result record, publish -> an in-process consumer (Python API)
+READY = "ready"  # a stage opened its resources
+STATS = "stats"  # a stage's counters (periodic, and final when it exits)
+ERROR = "error"  # a fatal problem in a stage, or a failed source (with `stream`)
+KINDS = (FRAME, TENSOR, LOGITS, EOS, RESULT, READY, STATS, ERROR)
+DATA_KINDS = (FRAME, TENSOR, LOGITS)
+
+DTYPES = ("uint8", "float32", "float16", "int32", "int64")
+MAX_HEADER_BYTES = 64 * 1024
+MAX_DIMS = 8
+
+
+class MessageError(ValueError):
+    """A message that does not follow the wire format."""
+
+
+@dataclass
+class Message:
+    """One decoded message: the header fields plus numpy views of the payload parts."""
+
+    kind: str
+    """One of KINDS."""
+    stream: str
+    """Stream id (for control messages: the sending stage's name)."""
+    seq: int = 0
+    """Per-stream sequence number of data messages: 0, 1, 2... in capture order."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The other header fields: frame_index, pts, capture_ts, counters..."""
+    arrays: list[np.ndarray] = field(default_factory=list)
+    """Payload parts, as read-only numpy views of the received buffers."""
+
+
+def encode(
+    kind: str,
+    stream: str,
+    seq: int = 0,
+    meta: dict[str, Any] | None = None,
+    arrays: tuple[np.ndarray, ...] | list[np.ndarray] = (),
+) -> list[Any]:
+    """Build the multipart frames of one message; arrays go out as buffers (send with copy=False)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    header: dict[str, Any] = {"v": WIRE_VERSION, "kind": kind, "stream": stream, "seq": int(seq)}
+    if meta:
+        header.update(meta)
+    parts: list[Any] = []
+    specs = []
+    for arr in arrays:
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.name not in DTYPES:
+            raise ValueError(f"dtype {arr.dtype} cannot go on the wire; allowed: {DTYPES}")
+        specs.append({"dtype": arr.dtype.name, "shape": list(arr.shape)})
+        parts.append(memoryview(arr).cast("B"))
+    header["arrays"] = specs
+    return [stream.encode(), json.dumps(header, separators=(",", ":")).encode(), *parts]
+
+
+def _buffer(part: Any) -> memoryview:
+    """The bytes of a received part (zmq.Frame with copy=False, or bytes)."""
+    buf = getattr(part, "buffer", part)
+    return memoryview(buf)
+
+
+def _require(header: dict[str, Any], key: str, types: type | tuple[type, ...]) -> Any:
+    if key not in header:
+        raise MessageError(f"header has no {key!r}")
+    value = header[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise MessageError(f"header field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def decode(parts: list[Any]) -> Message:
+    """Check and decode multipart frames; raises MessageError on anything malformed."""
+    if len(parts) < 2:
+        raise MessageError(f"expected [topic, header, payload...], got {len(parts)} part(s)")
+    topic = bytes(_buffer(parts[0]))
+    raw = _buffer(parts[1])
+    if raw.nbytes > MAX_HEADER_BYTES:
+        raise MessageError(f"header too large ({raw.nbytes} bytes)")
+    try:
+        header = json.loads(bytes(raw))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MessageError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise MessageError("header is not a JSON object")
+    version = header.get("v")
+    if version != WIRE_VERSION:
+        raise MessageError(f"wire version {version!r}, expected {WIRE_VERSION}")
+    kind = _require(header, "kind", str)
+    if kind not in KINDS:
+        raise MessageError(f"unknown kind {kind!r}")
+    stream = _require(header, "stream", str)
+    if topic != stream.encode():
+        raise MessageError(f"topic {topic!r} does not match stream {stream!r}")
+    seq = _require(header, "seq", int)
+    if seq < 0:
+        raise MessageError(f"negative sequence number {seq}")
+    specs = _require(header, "arrays", list)
+    if len(specs) != len(parts) - 2:
+        raise MessageError(f"header announces {len(specs)} payload(s), got {len(parts) - 2}")
+    arrays = []
+    for spec, part in zip(specs, parts[2:]):
+        arrays.append(_array(spec, _buffer(part)))
+    for key in ("pts", "capture_ts"):
+        if key in header and not _is_number(header[key]):
+            raise MessageError(f"header field {key!r} is not a finite number")
+    meta = {k: v for k, v in header.items() if k not in ("v", "kind", "stream", "seq", "arrays")}
+    if kind in DATA_KINDS:
+        for key in ("frame_index", "pts", "capture_ts"):
+            if key not in meta:
+                raise MessageError(f"{kind} message has no {key!r}")
+        if len(arrays) != 1:
+            raise MessageError(f"{kind} message must carry exactly one array, got {len(arrays)}")
+    if kind == EOS:
+        _require(header, "count", int)
+    return Message(kind=kind, stream=stream, seq=seq, meta=meta, arrays=arrays)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _array(spec: Any, buf: memoryview) -> np.ndarray:
+    if not isinstance(spec, dict):
+        raise MessageError("array spec is not an object")
+    dtype, shape = spec.get("dtype"), spec.get("shape")
+    if dtype not in DTYPES:
+        raise MessageError(f"dtype {dtype!r} not allowed")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise MessageError(f"bad shape {shape!r}")
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if buf.nbytes != expected:
+        raise MessageError(f"payload has {buf.nbytes} bytes, {dtype}{shape} needs {expected}")
+    return np.frombuffer(buf.cast("B"), dtype=dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------------------- results (public)
+
+
+def mask_credentials(source: str) -> str:
+    """`rtsp://user:secret@cam/x` -> `rtsp://user:***@cam/x`; paths pass through unchanged."""
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return source
+    if not parts.scheme or "@" not in parts.netloc:
+        return source
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    masked = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=masked))
+
+
+def result_record(
+    stream: str,
+    source: str,
+    meta: dict[str, Any],
+    topk: list[dict[str, Any]],
+    model: str,
+    precision: str,
+    publish_ts: float,
+) -> dict[str, Any]:
+    """The public result of one frame, as described by result.schema.json."""
+    capture_ts = float(meta["capture_ts"])
+    return {
+        "v": RESULT_VERSION,
+        "stream_id": stream,
+        "source": mask_credentials(source),
+        "frame_index": int(meta["frame_index"]),
+        "pts": round(float(meta["pts"]), 6),
+        "capture_ts": round(capture_ts, 6),
+        "publish_ts": round(publish_ts, 6),
+        "latency_ms": round((publish_ts - capture_ts) * 1000.0, 3),
+        "model": model,
+        "precision": precision,
+        "topk": topk,
+    }
+
+
+def dump_result(record: dict[str, Any]) -> bytes:
+    """One result as compact UTF-8 JSON (the PUB payload and the JSON Lines line)."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_schema() -> dict[str, Any]:
+    """The published JSON Schema of a result record."""
+    return json.loads(SCHEMA_PATH.read_text())

@@ -1,0 +1,338 @@
+"""Python API: run a pipeline on sources and iterate over its results.
+
+    from stream import Pipeline, PipelineConfig
+
+    config = PipelineConfig(sources=["cam1=a.mp4", "b.mp4"], model="models/resnet50", publish=None)
+    with Pipeline(config) as pipeline:
+        for result in pipeline:          # dicts as in stream/schemas/result.schema.json
+            print(result["stream_id"], result["frame_index"], result["topk"][0]["label"])
+    print(pipeline.summary)
+
+`Pipeline.run()` runs to the end without collecting results (they go to `publish` / `output`)
+and returns the same `RunSummary`. A stage that dies raises `PipelineError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.capture import CaptureConfig, CaptureStage, SourceSpec, parse_sources
+from stream.errors import UserError
+from stream.infer import InferConfig, InferStage
+from stream.model import load_info
+from stream.preprocess import PreprocessConfig, PreprocessStage
+from stream.publish import DEFAULT_PUBLISH, PublishConfig, PublishStage
+from stream.supervisor import Supervisor
+from stream.transport import TransportConfig, check_endpoint, resolve_endpoints
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """The pipeline stopped because a stage died; the message names the stage and the reason."""
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run needs; checked on construction."""
+
+    sources: list[str]
+    """Sources as `PATH` or `NAME=PATH` (the stream id defaults to the file stem)."""
+    model: str
+    """Model folder (a precision folder, or a parent with int8/fp32/fp16 sub-folders)."""
+    device: str = "CPU"
+    """OpenVINO device: CPU, AUTO, GPU, NPU... (checked against the available devices)."""
+    publish: str | None = DEFAULT_PUBLISH
+    """PUB endpoint to bind for results (topic = stream id); None = no PUB socket."""
+    output: str | None = None
+    """JSON Lines file for results; None = none."""
+    fps: float | None = None
+    """Classify this many frames per second of video (sampled by pts); None = every frame."""
+    topk: int = 5
+    """Classes per result."""
+    requests: int = 0
+    """Infer requests in flight; 0 = the device's optimal number."""
+    ov_config: dict[str, Any] = field(default_factory=dict)
+    """Extra OpenVINO compile properties."""
+    decoder_threads: str = "AUTO"
+    """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
+    wait_subscribers: int = 0
+    """Hold results until this many subscribers have subscribed to `publish`."""
+    subscriber_timeout_s: float = 30.0
+    """How long to wait for them before going on anyway."""
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    """Links between the stages (ipc in a temporary folder by default)."""
+    startup_timeout_s: float = 120.0
+    """A stage that is not ready after this long fails the run (model compilation included)."""
+    drain_timeout_s: float = 60.0
+    """After a stop request, give up draining after this long."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sources, str):
+            raise UserError("sources must be a list of paths, not one string")
+        self.sources = [str(s) for s in self.sources]
+        self.specs: list[SourceSpec] = parse_sources(self.sources)
+        if self.publish is not None:
+            check_endpoint(self.publish)
+        if self.topk < 1:
+            raise UserError(f"topk must be at least 1, got {self.topk}")
+        if self.wait_subscribers < 0:
+            raise UserError(f"wait_subscribers must be >= 0, got {self.wait_subscribers}")
+        CaptureConfig(self.specs[0], fps=self.fps, thread_type=self.decoder_threads)  # checks
+
+
+@dataclass
+class SourceReport:
+    """How one source went."""
+
+    stream_id: str
+    source: str
+    frames: int = 0
+    """Frames sent to inference (all decoded frames, or the sampled ones)."""
+    published: int = 0
+    """Results published for it."""
+    decoded: int = 0
+    skipped: int = 0
+    """Frames lost to corrupt data."""
+    error: str | None = None
+    """Why the source failed, if it did."""
+    stopped: bool = False
+    """Reading stopped early on request."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class RunSummary:
+    """The outcome of a run."""
+
+    sources: list[SourceReport]
+    seconds: float
+    results: int
+    interrupted: bool = False
+    failure: str | None = None
+    """Set when a stage died."""
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Final counters of every stage (frames, rejected, cpu_s, max_rss_mb...)."""
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok (also after a requested stop), 1 if a source or a stage failed."""
+        if self.failure or any(not s.ok for s in self.sources):
+            return 1
+        return 0
+
+    @property
+    def fps(self) -> float:
+        return self.results / self.seconds if self.seconds > 0 else 0.0
+
+
+class Pipeline:
+    """capture (one process per source) -> preprocess -> infer -> publish, supervised."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.summary: RunSummary | None = None
+        self.supervisor: Supervisor | None = None
+        self._run_dir: Path | None = None
+        self._t0 = 0.0
+        self._old_handlers: dict[int, Any] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, collect: bool = False) -> None:
+        """Check the model, start every stage; `collect` = deliver results to the iterator."""
+        cfg = self.config
+        info = load_info(cfg.model)  # fail fast on a folder that is not a model
+        model_dir = str(info.path)
+        self._run_dir = Path(tempfile.mkdtemp(prefix="ovstream-"))
+        endpoints = resolve_endpoints(cfg.transport, self._run_dir)
+        streams = [s.stream_id for s in cfg.specs]
+        stages = [
+            PublishStage(
+                PublishConfig(
+                    model=model_dir, sources={s.stream_id: s.url for s in cfg.specs},
+                    topk=cfg.topk, publish=cfg.publish, output=cfg.output, sink=collect,
+                    wait_subscribers=cfg.wait_subscribers,
+                    subscriber_timeout_s=cfg.subscriber_timeout_s,
+                ),
+                cfg.transport, endpoints,
+            ),
+            InferStage(
+                InferConfig(model_dir, streams, cfg.device, cfg.requests, dict(cfg.ov_config)),
+                cfg.transport, endpoints,
+            ),
+            PreprocessStage(PreprocessConfig(streams, info.geometry), cfg.transport, endpoints),
+        ]
+        for spec in cfg.specs:
+            capture = CaptureConfig(spec, info.geometry, cfg.fps, cfg.decoder_threads)
+            stages.append(CaptureStage(capture, cfg.transport, endpoints))
+        self.supervisor = Supervisor(
+            stages, endpoints, cfg.transport, collect=collect,
+            startup_timeout_s=cfg.startup_timeout_s, drain_timeout_s=cfg.drain_timeout_s,
+        )
+        self._t0 = time.monotonic()
+        self.supervisor.start()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process id of each stage, by stage name (`capture[ID]`, preprocess, infer, publish)."""
+        return self.supervisor.pids if self.supervisor else {}
+
+    def stop(self) -> None:
+        """Graceful stop: captures stop reading, everything in flight is still published."""
+        if self.supervisor is not None:
+            self.supervisor.request_stop()
+
+    def close(self) -> None:
+        """Stop any stage still running and remove the run's temporary folder."""
+        if self.supervisor is not None:
+            self.supervisor.close()
+            if self.summary is None:
+                self.summary = self._summarise()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self, progress: Callable[[Pipeline], None] | None = None,
+            progress_interval_s: float = 0.5) -> RunSummary:
+        """Run to the end (SIGINT/SIGTERM drain and stop); returns the summary.
+
+        Raises PipelineError if a stage died. Results go to `publish`/`output` only.
+        """
+        if self.supervisor is None:
+            self.start(collect=False)
+        assert self.supervisor is not None
+        last = 0.0
+        with self._signals():
+            try:
+                while not self.supervisor.finished:
+                    self.supervisor.step(100)
+                    if progress and time.monotonic() - last >= progress_interval_s:
+                        last = time.monotonic()
+                        progress(self)
+            finally:
+                self.close()
+        return self._finish()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.results()
+
+    def results(self) -> Iterator[dict[str, Any]]:
+        """Start (if needed) and yield every result record, in frame order per stream."""
+        if self.supervisor is None:
+            self.start(collect=True)
+        assert self.supervisor is not None
+        if not self.supervisor.collect:
+            raise RuntimeError("this pipeline was started without collect=True")
+        with self._signals():
+            try:
+                while not self.supervisor.finished:
+                    for data in self.supervisor.step(100):
+                        yield json.loads(data)
+            finally:
+                self.close()
+        self._finish()
+
+    def _finish(self) -> RunSummary:
+        assert self.summary is not None
+        if self.summary.failure:
+            raise PipelineError(self.summary.failure)
+        return self.summary
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _signals(self) -> Any:
+        pipeline = self
+
+        class _Handlers:
+            def __enter__(self) -> None:
+                if threading.current_thread() is not threading.main_thread():
+                    return
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    pipeline._old_handlers[sig] = signal.signal(sig, pipeline._on_signal)
+
+            def __exit__(self, *exc: Any) -> None:
+                for sig, old in pipeline._old_handlers.items():
+                    signal.signal(sig, old)
+                pipeline._old_handlers.clear()
+
+        return _Handlers()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        sup = self.supervisor
+        if sup is None:
+            return
+        if sup.stopping:
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            sup.abort(f"interrupted by a second {signal.Signals(signum).name}")
+        else:
+            log.info("%s: stopping capture, draining what is in flight",
+                     signal.Signals(signum).name)
+            sup.request_stop()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live counters: per-stream frames captured and published, in-flight count."""
+        sup = self.supervisor
+        if sup is None:
+            return {}
+        published = sup.stats("publish").get("published", {})
+        streams = {}
+        for state in sup.capture_states():
+            sid = state.name[len("capture["):-1]
+            streams[sid] = {
+                "captured": int(state.stats.get("frames", 0)),
+                "published": int(published.get(sid, 0)),
+            }
+        captured = sum(s["captured"] for s in streams.values())
+        done = sum(s["published"] for s in streams.values())
+        return {
+            "elapsed_s": time.monotonic() - self._t0,
+            "streams": streams,
+            "in_flight": max(0, captured - done),
+        }
+
+    def _summarise(self) -> RunSummary:
+        sup = self.supervisor
+        assert sup is not None
+        published = sup.stats("publish").get("published", {})
+        reports = []
+        for spec in self.config.specs:
+            st = sup.stats(f"capture[{spec.stream_id}]")
+            error = sup.source_errors.get(spec.stream_id) or st.get("error")
+            reports.append(
+                SourceReport(
+                    stream_id=spec.stream_id, source=spec.url,
+                    frames=int(st.get("frames", 0)), published=int(published.get(spec.stream_id, 0)),
+                    decoded=int(st.get("decoded", 0)), skipped=int(st.get("skipped", 0)),
+                    error=error, stopped=bool(st.get("stopped", False)),
+                )
+            )
+        return RunSummary(
+            sources=reports,
+            seconds=time.monotonic() - self._t0,
+            results=sum(r.published for r in reports),
+            interrupted=sup.interrupted,
+            failure=sup.failure,
+            stages={name: dict(s.stats) for name, s in sup.states.items()},
+        )

@@ -1,0 +1,229 @@
+"""Publish stage: logits -> result records, in frame order per stream, on PUB and to a file.
+
+Results arrive in inference completion order; a reorder buffer per stream releases them by
+sequence number. Each record (see `stream/schemas/result.schema.json`) goes out as
+`[stream_id, JSON]` on a PUB socket (bound; topic = stream id), as one line of the optional JSON
+Lines file, and, for the Python API, to the supervisor over the sink link. The PUB socket never
+blocks the pipeline: a subscriber too slow for its high-water mark loses messages (counted).
+`wait_subscribers` holds publishing until that many subscriptions arrived (seen through XPUB),
+so a subscriber started first receives every record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import zmq
+
+from stream import messages
+from stream.errors import UserError
+from stream.model import load_info, topk
+from stream.stage import Stage, StreamTracker
+from stream.transport import TransportConfig, open_socket, receive_message, send
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
+PUB_HWM = 10000
+
+
+@dataclass
+class PublishConfig:
+    """Where results go."""
+
+    model: str
+    """Model folder: name, precision and labels of the records."""
+    sources: dict[str, str]
+    """Stream id -> source (path or URL; credentials are masked in records)."""
+    topk: int = 5
+    """Classes per result."""
+    publish: str | None = DEFAULT_PUBLISH
+    """PUB endpoint to bind; None = no PUB socket."""
+    output: str | None = None
+    """JSON Lines file to write; None = none."""
+    sink: bool = False
+    """Also push every record to the supervisor (the Python API's iterator)."""
+    wait_subscribers: int = 0
+    """Hold results until this many subscriptions arrived on the PUB socket."""
+    subscriber_timeout_s: float = 30.0
+    """Give up waiting for subscribers after this long (with a warning)."""
+
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise UserError(f"--topk must be at least 1, got {self.topk}")
+
+
+class Reorderer:
+    """Releases items of one stream in sequence order (0, 1, 2, ...)."""
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.held: dict[int, Any] = {}
+
+    def add(self, seq: int, item: Any) -> list[Any]:
+        """Items now ready, in order (empty while an earlier one is missing)."""
+        if seq < self.next or seq in self.held:
+            raise ValueError(f"sequence {seq} already seen")
+        self.held[seq] = item
+        ready = []
+        while self.next in self.held:
+            ready.append(self.held.pop(self.next))
+            self.next += 1
+        return ready
+
+    def finish(self, count: int) -> tuple[list[Any], int]:
+        """At end of stream: the rest in order, and how many of the `count` never came."""
+        rest = [self.held.pop(s) for s in sorted(self.held)]
+        missing = max(0, count - self.next - len(rest))
+        self.next = max(self.next, count)
+        return rest, missing
+
+
+def make_record(
+    msg: messages.Message, source: str, labels: list[str], k: int, model: str, precision: str
+) -> dict[str, Any]:
+    """The result record of one LOGITS message."""
+    return messages.result_record(
+        msg.stream, source, msg.meta, topk(np.asarray(msg.arrays[0]), labels, k),
+        model, precision, time.time(),
+    )
+
+
+class PublishStage(Stage):
+    """PULL logits (bound), reorder, publish."""
+
+    name = "publish"
+
+    def __init__(
+        self, config: PublishConfig, transport: TransportConfig, endpoints: dict[str, str]
+    ) -> None:
+        super().__init__(transport, endpoints)
+        self.config = config
+        self._in: zmq.Socket | None = None
+        self._pub: zmq.Socket | None = None
+        self._sink: zmq.Socket | None = None
+        self._file: IO[str] | None = None
+
+    def run(self) -> None:
+        cfg = self.config
+        info = load_info(cfg.model)
+        self._in = self.socket(zmq.PULL, "logits", bind=True)
+        if cfg.publish:
+            self._pub = open_socket(
+                self.ctx, zmq.XPUB, cfg.publish, True, self.transport, hwm=PUB_HWM, linger_ms=2000
+            )
+            self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        if cfg.output:
+            try:
+                Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(  # noqa: SIM115 (closed in close)
+                    cfg.output, "w", encoding="utf-8", buffering=1
+                )
+            except OSError as exc:
+                raise UserError(f"cannot write {cfg.output}: {exc.strerror}") from None
+        if cfg.sink:
+            self._sink = self.socket(zmq.PUSH, "sink", bind=False)
+        self.report(messages.READY)
+        self._wait_for_subscribers()
+
+        tracker = StreamTracker(list(cfg.sources), ordered=False)
+        orders = {s: Reorderer() for s in cfg.sources}
+        published = {s: 0 for s in cfg.sources}
+        self.stats.update(published=published, lost=0, pub_dropped=0, subscriptions=0)
+        while not tracker.done and not self.should_stop():
+            self.tick()
+            self._drain_subscriptions()
+            msg, problem = self._receive()
+            if msg is None:
+                if problem:
+                    self.reject(problem)
+                continue
+            if msg.kind not in (messages.LOGITS, messages.EOS):
+                self.reject(f"unexpected {msg.kind} message on the logits link")
+                continue
+            problem = tracker.check(msg)
+            if problem:
+                self.reject(problem)
+                continue
+            if msg.kind == messages.EOS:
+                rest, missing = orders[msg.stream].finish(int(msg.meta["count"]))
+                if missing:
+                    self.stats["lost"] += missing
+                    log.warning("stream %r: %d frame(s) never reached publish", msg.stream, missing)
+            else:
+                record = make_record(
+                    msg, cfg.sources[msg.stream], info.labels, cfg.topk, info.name, info.precision
+                )
+                try:
+                    rest = orders[msg.stream].add(msg.seq, record)
+                except ValueError as exc:
+                    self.reject(f"stream {msg.stream!r}: {exc}")
+                    continue
+            for record in rest:
+                if not self._emit(record):
+                    return
+                published[msg.stream] += 1
+        self.complete = tracker.done
+        self.tick(force=True)
+
+    def _receive(self) -> tuple[messages.Message | None, str | None]:
+        assert self._in is not None
+        return receive_message(self._in, self.transport.io_timeout_ms)
+
+    def _emit(self, record: dict[str, Any]) -> bool:
+        data = messages.dump_result(record)
+        topic = record["stream_id"].encode()
+        if self._pub is not None:
+            try:
+                self._pub.send_multipart([topic, data], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats["pub_dropped"] += 1
+        if self._file is not None:
+            self._file.write(data.decode() + "\n")
+        if self._sink is not None:
+            return send(self._sink, [topic, data], self.should_stop)
+        return True
+
+    def _drain_subscriptions(self) -> int:
+        """Read pending (un)subscription messages from XPUB; returns new subscriptions."""
+        if self._pub is None:
+            return 0
+        new = 0
+        while True:
+            try:
+                event = self._pub.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                new += 1
+        self.stats["subscriptions"] = self.stats.get("subscriptions", 0) + new
+        return new
+
+    def _wait_for_subscribers(self) -> None:
+        want = self.config.wait_subscribers
+        if not want or self._pub is None:
+            return
+        deadline = time.monotonic() + self.config.subscriber_timeout_s
+        seen = 0
+        while seen < want and not self.should_stop():
+            if time.monotonic() > deadline:
+                log.warning("publish: only %d of %d subscriber(s) after %.0f s; going on",
+                            seen, want, self.config.subscriber_timeout_s)
+                break
+            if self._pub.poll(self.transport.io_timeout_ms, zmq.POLLIN):
+                seen += self._drain_subscriptions()
+        self.stats["subscriptions"] = seen
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for sock in (self._in, self._pub, self._sink):
+            if sock is not None:
+                sock.close()
+        self._in = self._pub = self._sink = None

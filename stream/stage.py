@@ -1,0 +1,238 @@
+"""The one base for stage processes: process title, logging to the parent, signals, stop flag.
+
+A stage is a `Stage` subclass whose `__init__` only stores its config. `stage_main` (the process
+target) sets the process up, calls `stage.run()`, which opens sockets, decoders or models and
+loops until its streams end or `should_stop()`, and `stage.close()`. The stage reports to the
+supervisor over the control link: READY once its resources are open, STATS now and then and
+once more at the end, ERROR (one line) if it cannot go on.
+
+Signals: SIGTERM sets the stop flag. SIGINT is ignored, because Ctrl-C reaches every process of
+the terminal's process group and only the supervisor decides how to stop (capture first, then
+drain). A stage whose parent disappears stops too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from stream import messages
+from stream.errors import UserError
+from stream.transport import TransportConfig, open_socket
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 0.5
+EXIT_USER_ERROR = 2
+EXIT_CRASH = 1
+
+
+def set_process_title(title: str) -> None:
+    """Name the process for ps/top: setproctitle if installed, else the kernel's comm name."""
+    try:
+        import setproctitle  # type: ignore[import-not-found]
+
+        setproctitle.setproctitle(title)
+        return
+    except ImportError:
+        pass
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_NAME = 15
+            libc.prctl(PR_SET_NAME, title.encode()[:15], 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+def process_title(name: str) -> str:
+    """`ovs-infer`, `ovs-cap-cam1`: short, since Linux keeps 15 characters."""
+    return "ovs-" + name.replace("capture[", "cap-").rstrip("]")
+
+
+class Stage:
+    """Base of all stages: stop flag, counters and reports to the supervisor."""
+
+    name = "stage"
+
+    def __init__(self, transport: TransportConfig, endpoints: dict[str, str]) -> None:
+        self.transport = transport
+        self.endpoints = endpoints
+        self.stats: dict[str, Any] = {"rejected": 0}
+        self.complete = False  # set once every stream of this stage has ended
+        self._stop = False
+        self._ppid = -1  # set in the child by stage_main
+        self._ctx: zmq.Context | None = None
+        self._control: zmq.Socket | None = None
+        self._last_stats = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what run() opened; safe to call more than once."""
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def should_stop(self) -> bool:
+        """True once SIGTERM arrived or the supervisor is gone."""
+        return self._stop or (self._ppid != -1 and os.getppid() != self._ppid)
+
+    # -- resources ------------------------------------------------------------------------------
+
+    @property
+    def ctx(self) -> zmq.Context:
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+        return self._ctx
+
+    def socket(self, kind: int, link: str, bind: bool, **kw: Any) -> zmq.Socket:
+        return open_socket(self.ctx, kind, self.endpoints[link], bind, self.transport, **kw)
+
+    # -- reports to the supervisor -----------------------------------------------------------------
+
+    def _control_socket(self) -> zmq.Socket | None:
+        if self._control is None and "control" in self.endpoints:
+            self._control = open_socket(
+                self.ctx, zmq.PUSH, self.endpoints["control"], False, self.transport,
+                hwm=1000, linger_ms=2000,
+            )
+        return self._control
+
+    def report(self, kind: str, stream: str | None = None, wait: bool = True, **meta: Any) -> None:
+        """Send READY/STATS/ERROR to the supervisor (never blocks for more than ~2 s)."""
+        sock = self._control_socket()
+        if sock is None:
+            return
+        parts = messages.encode(kind, stream or self.name, 0, {"stage": self.name, **meta})
+        deadline = time.monotonic() + (2.0 if wait else 0.0)
+        while True:
+            try:
+                sock.send_multipart(parts, flags=0 if wait else zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    log.debug("%s: control link full, dropped a %s report", self.name, kind)
+                    return
+
+    def reject(self, reason: str) -> None:
+        """Count and log a malformed message; the stage carries on."""
+        self.stats["rejected"] += 1
+        log.warning("%s: rejected a malformed message: %s", self.name, reason)
+
+    def resource_stats(self) -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "max_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
+        }
+
+    def tick(self, force: bool = False) -> None:
+        """Report counters to the supervisor at most every STATS_INTERVAL_S."""
+        now = time.monotonic()
+        if force or now - self._last_stats >= STATS_INTERVAL_S:
+            self._last_stats = now
+            self.report(messages.STATS, wait=False, final=False, stats=self.stats)
+
+    def finish(self) -> None:
+        self.report(
+            messages.STATS,
+            final=True,
+            complete=self.complete,
+            stats={**self.stats, **self.resource_stats()},
+        )
+
+    def shutdown(self) -> None:
+        """Close the stage's resources and its ZeroMQ context."""
+        try:
+            self.close()
+        finally:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+            if self._ctx is not None:
+                self._ctx.term()
+                self._ctx = None
+
+
+def configure_child_logging(log_queue: Any, level: int) -> None:
+    """Send every log record of this process to the supervisor's queue."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if log_queue is not None:
+        root.addHandler(logging.handlers.QueueHandler(log_queue))
+    root.setLevel(level)
+
+
+def stage_main(stage: Stage, log_queue: Any = None, log_level: int = logging.WARNING) -> None:
+    """Process target of every stage: set up, run, report, exit with a meaningful code."""
+    stage._ppid = os.getppid()
+    set_process_title(process_title(stage.name))
+    configure_child_logging(log_queue, log_level)
+    signal.signal(signal.SIGTERM, stage.request_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    code = 0
+    try:
+        stage.run()
+    except UserError as exc:
+        stage.report(messages.ERROR, message=str(exc))
+        code = EXIT_USER_ERROR
+    except Exception as exc:  # a crash: the supervisor names the stage and stops the pipeline
+        log.debug("%s crashed:\n%s", stage.name, traceback.format_exc())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        stage.report(messages.ERROR, message=f"{type(exc).__name__}: {first}".rstrip(": "))
+        code = EXIT_CRASH
+    finally:
+        try:
+            stage.finish()
+            stage.shutdown()
+        except Exception:  # never hide the original exit reason behind a cleanup problem
+            log.debug("%s: cleanup failed:\n%s", stage.name, traceback.format_exc())
+    sys.exit(code)
+
+
+class StreamTracker:
+    """Per-stream bookkeeping of a downstream stage: expected sequence numbers and ends."""
+
+    def __init__(self, streams: list[str], ordered: bool = True) -> None:
+        self.expected = {s: 0 for s in streams}
+        self.ended: set[str] = set()
+        self.ordered = ordered
+        """False where messages legitimately arrive out of order (after async inference)."""
+
+    def check(self, msg: messages.Message) -> str | None:
+        """None if `msg` may be processed, else why it must be rejected."""
+        if msg.stream not in self.expected:
+            return f"unknown stream {msg.stream!r}"
+        if msg.stream in self.ended:
+            return f"{msg.kind} for stream {msg.stream!r} after its end of stream"
+        if msg.kind == messages.EOS:
+            self.ended.add(msg.stream)
+            return None
+        if not self.ordered:
+            return None
+        expected = self.expected[msg.stream]
+        if msg.seq < expected:
+            return f"stream {msg.stream!r}: sequence {msg.seq} repeats (expected {expected})"
+        if msg.seq > expected:
+            log.warning("stream %r: sequence jumps from %d to %d", msg.stream, expected, msg.seq)
+        self.expected[msg.stream] = msg.seq + 1
+        return None
+
+    @property
+    def done(self) -> bool:
+        return len(self.ended) == len(self.expected)
