@@ -9,6 +9,9 @@ from stream.cli import build_parser, run_guarded, setup_logging
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("export", "model_prep.export", "export a PyTorch model to OpenVINO IR (FP32 and FP16)"),
+    ("quantize", "model_prep.quantize", "INT8 post-training quantization of the FP32 IR with NNCF"),
+    ("validate", "model_prep.validate", "compare every precision's accuracy/fidelity on images"),
+    ("bench", "model_prep.bench", "latency/throughput/size table: PyTorch vs FP32/FP16/INT8"),
 ]
 
 

@@ -1,0 +1,230 @@
+"""Step 6: the side-by-side speed table for one model on this machine, every row in one run.
+
+Rows: PyTorch eager FP32 (torch threads = cores; batch 1), OpenVINO FP32, FP16 and INT8 (those
+present). Latency: LATENCY hint, one request, batch 1, median and p90. Throughput: THROUGHPUT
+hint, `AsyncInferQueue` with the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS. PyTorch's throughput
+is its batch-1 loop's frames per second. Inputs are u8 frames; the IR converts and normalises
+them itself, and the PyTorch row pays the same conversion (`sources.torch_input`) every frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_prep import precisions
+from stream.errors import UserError
+from stream.model import ModelInfo
+
+WARMUP = 3
+
+
+@dataclass
+class BenchOptions:
+    """How long and where to measure; checked on construction."""
+
+    duration: float = 10.0
+    """Seconds per measurement (each row measures latency and throughput for this long)."""
+    device: str = "CPU"
+    """OpenVINO device."""
+
+    def __post_init__(self) -> None:
+        if not self.duration > 0:
+            raise UserError(f"--duration must be positive seconds, got {self.duration}")
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    variant: str
+    latency_median_ms: float
+    latency_p90_ms: float
+    throughput_fps: float
+    requests: int
+    """Parallel infer requests in the throughput run (1 for PyTorch)."""
+    size_mb: float
+    speedup_vs_pytorch: float | None = None
+    """Throughput relative to PyTorch eager."""
+    speedup_vs_fp32: float | None = None
+    """Throughput relative to OpenVINO FP32."""
+
+
+def ir_size_mb(info: ModelInfo) -> float:
+    """model.xml + model.bin in MB."""
+    return sum((info.xml.parent / f).stat().st_size for f in ("model.xml", "model.bin")) / 1e6
+
+
+def timed_loop(step: Callable[[], Any], duration: float) -> tuple[list[float], float]:
+    """Call `step` for `duration` seconds (after warm-up); returns (per-call ms, elapsed s)."""
+    for _ in range(WARMUP):
+        step()
+    times: list[float] = []
+    start = time.perf_counter()
+    end = start + duration
+    now = start
+    while now < end or not times:
+        t0 = time.perf_counter()
+        step()
+        now = time.perf_counter()
+        times.append((now - t0) * 1e3)
+    return times, now - start
+
+
+def ov_latency(core: Any, info: ModelInfo, frame: np.ndarray, opts: BenchOptions) -> list[float]:
+    """Per-inference milliseconds with the LATENCY hint, batch 1, one request."""
+    compiled = core.compile_model(str(info.xml), opts.device, {"PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    request.set_input_tensor(0, _tensor(frame))
+    times, _ = timed_loop(request.infer, opts.duration)
+    return times
+
+
+def ov_throughput(core: Any, info: ModelInfo, frame: np.ndarray,
+                  opts: BenchOptions) -> tuple[float, int]:
+    """(frames per second, requests) with the THROUGHPUT hint and an AsyncInferQueue."""
+    import openvino as ov
+
+    compiled = core.compile_model(str(info.xml), opts.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+    nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, nireq)
+    done = [0]
+    queue.set_callback(lambda request, userdata: done.__setitem__(0, done[0] + 1))
+    tensor = _tensor(frame)
+    for _ in range(nireq):  # warm-up: every request once
+        queue.start_async({0: tensor})
+    queue.wait_all()
+    done[0] = 0
+    start = time.perf_counter()
+    end = start + opts.duration
+    submitted = 0
+    while time.perf_counter() < end:
+        queue.start_async({0: tensor})  # blocks while all requests are busy
+        submitted += 1
+    queue.wait_all()
+    elapsed = time.perf_counter() - start
+    return done[0] / elapsed, nireq
+
+
+def _tensor(frame: np.ndarray) -> Any:
+    import openvino as ov
+
+    return ov.Tensor(np.ascontiguousarray(frame[None]))
+
+
+def torch_row(source: Any, frame: np.ndarray, opts: BenchOptions) -> Row:
+    """PyTorch eager FP32, threads = cores, batch 1, input conversion included."""
+    import torch
+
+    from model_prep.sources import torch_input
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    batch = frame[None]
+
+    def step() -> None:
+        with torch.inference_mode():
+            source.model(torch_input(batch, source.normalization))
+
+    times, elapsed = timed_loop(step, opts.duration)
+    size = sum(t.numel() * t.element_size() for t in source.model.state_dict().values()) / 1e6
+    return Row("PyTorch eager FP32", float(np.median(times)), float(np.percentile(times, 90)),
+               len(times) / elapsed, 1, size)
+
+
+def bench_folder(folder: Path, opts: BenchOptions) -> dict[str, Any]:
+    """Measure every row for the model in `folder`; returns the table and machine facts."""
+    import openvino as ov
+
+    found = precisions.present(folder, "bench")
+    ref = precisions.reference(found)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (ref.geometry.height, ref.geometry.width, 3), dtype=np.uint8)
+    core = ov.Core()
+    rows: list[Row] = []
+    source, why = precisions.torch_source(ref)
+    if source is not None:
+        rows.append(torch_row(source, frame, opts))
+        del source
+    for name, info in found.items():
+        times = ov_latency(core, info, frame, opts)
+        fps, nireq = ov_throughput(core, info, frame, opts)
+        rows.append(Row(f"OpenVINO {name.upper()}", float(np.median(times)),
+                        float(np.percentile(times, 90)), fps, nireq, ir_size_mb(info)))
+    torch_fps = rows[0].throughput_fps if rows[0].variant.startswith("PyTorch") else None
+    fp32_fps = next((r.throughput_fps for r in rows if r.variant == "OpenVINO FP32"), None)
+    for r in rows:
+        r.speedup_vs_pytorch = r.throughput_fps / torch_fps if torch_fps else None
+        r.speedup_vs_fp32 = r.throughput_fps / fp32_fps if fp32_fps else None
+    return {
+        "model": ref.name, "arch": ref.arch, "folder": str(folder),
+        "device": opts.device, "duration_s": opts.duration,
+        "cpu": core.get_property(opts.device, "FULL_DEVICE_NAME"),
+        "cores": os.cpu_count(), "platform": platform.platform(),
+        "openvino": ov.__version__, "pytorch": {"available": torch_fps is not None, "reason": why},
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"### {result['model']} on {result['cpu']} ({result['cores']} cores), "
+        f"{result['duration_s']:g} s per measurement, OpenVINO {result['openvino']}",
+        "",
+        "| variant | latency median (ms) | latency p90 (ms) | throughput (FPS) | requests | "
+        "size (MB) | speed-up vs PyTorch | vs FP32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['latency_median_ms']:.1f} | {r['latency_p90_ms']:.1f} | "
+            f"{r['throughput_fps']:.1f} | {r['requests']} | {r['size_mb']:.1f} | "
+            f"{_x(r['speedup_vs_pytorch'])} | {_x(r['speedup_vs_fp32'])} |"
+        )
+    if not result["pytorch"]["available"]:
+        lines += ["", f"PyTorch row left out: {result['pytorch']['reason']}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", type=Path, metavar="DIR", help="model folder (fp32/, fp16/, int8/)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds per measurement (default 10)")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = BenchOptions(args.duration, args.device)
+    if args.json and args.json.is_dir():
+        raise UserError(f"--json must be a file path, not a folder: {args.json}")
+    result = bench_folder(args.folder, opts)
+    print(markdown(result))
+    if args.json:
+        write_json(args.json, result)
+    return 0
