@@ -1,4 +1,4 @@
-"""`model-prep`: PyTorch -> ONNX -> OpenVINO IR with preprocessing built in, INT8, validation, speed."""
+"""`model-prep`: PyTorch -> ONNX -> OpenVINO IR (preprocessing built in), INT8, checks, speed."""
 
 from __future__ import annotations
 

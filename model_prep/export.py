@@ -68,7 +68,10 @@ def parity_photos() -> list:
     import cv2
     from skimage import data
 
-    return [cv2.cvtColor(getattr(data, n)(), cv2.COLOR_RGB2BGR) for n in ("chelsea", "coffee", "astronaut")]
+    return [
+        cv2.cvtColor(getattr(data, n)(), cv2.COLOR_RGB2BGR)
+        for n in ("chelsea", "coffee", "astronaut")
+    ]
 
 
 def export_model(arch: str, weights: str, output: Path, name: str | None = None) -> dict[str, Any]:
@@ -86,16 +89,27 @@ def export_model(arch: str, weights: str, output: Path, name: str | None = None)
     with staged_output(output) as stage:
         (stage / "onnx").mkdir()
         log.info("exporting %s to ONNX", arch)
-        onnx_path = export_onnx(source.model, stage / "onnx" / "model.onnx",
-                                source.geometry.width, source.geometry.height)
+        onnx_path = export_onnx(
+            source.model,
+            stage / "onnx" / "model.onnx",
+            source.geometry.width,
+            source.geometry.height,
+        )
         log.info("converting to OpenVINO IR")
         ov_model = convert.to_openvino(onnx_path, source.normalization)
         info = ModelInfo(
-            name=name, arch=arch, precision="FP32", geometry=source.geometry,
+            name=name,
+            arch=arch,
+            precision="FP32",
+            geometry=source.geometry,
             labels=source.labels,
-            normalization={**source.normalization, "applied_in": "ir",
-                           "input": "u8 NHWC " + source.normalization["input_color_order"]},
-            source=source.info, versions=library_versions(),
+            normalization={
+                **source.normalization,
+                "applied_in": "ir",
+                "input": "u8 NHWC " + source.normalization["input_color_order"],
+            },
+            source=source.info,
+            versions=library_versions(),
         )
         convert.save_precision(ov_model, stage / "fp32", info, fp16=False)
         result = parity.check(source, str(stage / "fp32" / "model.xml"), parity_photos())
@@ -107,21 +121,37 @@ def export_model(arch: str, weights: str, output: Path, name: str | None = None)
             info.extra = {"parity_fp32_vs_torch": result.to_dict()}
             convert.save_precision(ov_model, stage / precision, info, fp16=precision == "fp16")
         sizes = {p: round(folder_size_mb(stage / p), 2) for p in ("fp32", "fp16")}
-    return {"output": str(output), "arch": arch, "weights": source.info, "parity": result.to_dict(),
-            "size_mb": sizes}
+    return {
+        "output": str(output),
+        "arch": arch,
+        "weights": source.info,
+        "parity": result.to_dict(),
+        "size_mb": sizes,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from model_prep.sources import LITE0
 
-    parser.add_argument("--arch", default=LITE0,
-                        help=f"{LITE0} (default; pretrained weights ship offline) or any "
-                             "torchvision classification model, e.g. resnet50")
-    parser.add_argument("--weights", default="pretrained",
-                        help="'pretrained' (default), 'random', a checkpoint file (.pth), or a "
-                             "torchvision weights name such as IMAGENET1K_V2")
-    parser.add_argument("--output", "-o", type=Path, required=True,
-                        help="model folder to write: fp32/, fp16/ (model.xml/.bin/.json), onnx/")
+    parser.add_argument(
+        "--arch",
+        default=LITE0,
+        help=f"{LITE0} (default; pretrained weights ship offline) or any "
+        "torchvision classification model, e.g. resnet50",
+    )
+    parser.add_argument(
+        "--weights",
+        default="pretrained",
+        help="'pretrained' (default), 'random', a checkpoint file (.pth), or a "
+        "torchvision weights name such as IMAGENET1K_V2",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        help="model folder to write: fp32/, fp16/ (model.xml/.bin/.json), onnx/",
+    )
     parser.add_argument("--name", help="model name recorded in model.json (default: --arch)")
 
 

@@ -34,8 +34,10 @@ class Parity:
         )
 
 
-def test_frames(geometry: Geometry, photos: list[np.ndarray], random_count: int = 4) -> np.ndarray:
-    """Model inputs (N,H,W,3 u8 BGR): real photos through the geometric policy plus random frames."""
+def parity_frames(
+    geometry: Geometry, photos: list[np.ndarray], random_count: int = 4
+) -> np.ndarray:
+    """Model inputs (N,H,W,3 u8 BGR): photos through the geometric policy, and random frames."""
     rng = np.random.default_rng(0)
     frames = [prepare(p, geometry) for p in photos]
     for _ in range(random_count):
@@ -65,6 +67,6 @@ def check(source: Source, xml: str, photos: list[np.ndarray]) -> Parity:
     """Run PyTorch and the FP32 IR (compiled with f32 precision, so BF16/FP16 CPUs don't differ)."""
     import openvino as ov
 
-    frames = test_frames(source.geometry, photos)
+    frames = parity_frames(source.geometry, photos)
     compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return compare(torch_logits(source, frames), ir_logits(compiled, frames))

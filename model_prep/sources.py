@@ -145,8 +145,9 @@ def _lite0(weights: str) -> Source:
         load_state(model, read_checkpoint(path), LITE0, path)
         kind = "packaged" if weights == PRETRAINED else "checkpoint"
         info = {"kind": kind, "path": str(path), "sha256": sha256(path)}
-    return Source(LITE0, model.eval(), Geometry(224, 224), dict(LITE_NORMALIZATION),
-                  imagenet_labels(), info)
+    return Source(
+        LITE0, model.eval(), Geometry(224, 224), dict(LITE_NORMALIZATION), imagenet_labels(), info
+    )
 
 
 def _torchvision_weights(arch: str, name: str):
@@ -197,7 +198,7 @@ def _torchvision(arch: str, weights: str) -> Source:
 
 
 def build(arch: str, weights: str = PRETRAINED) -> Source:
-    """The PyTorch model for `arch` with `weights`: pretrained, random, a file, or a torchvision name."""
+    """The PyTorch model for `arch` with `weights` (pretrained, random, file, torchvision name)."""
     torch.manual_seed(RANDOM_SEED)
     if arch == LITE0:
         return _lite0(weights)

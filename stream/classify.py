@@ -50,8 +50,12 @@ class Classifier:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    parser.add_argument("--model", "-m", required=True,
-                        help="model folder (a precision folder, or its parent: int8 > fp32 > fp16)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="model folder (a precision folder, or its parent: int8 > fp32 > fp16)",
+    )
     parser.add_argument("--topk", "-k", type=int, default=5, help="classes to show (default 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per image")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (CPU, AUTO, GPU, NPU)")

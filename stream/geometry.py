@@ -57,7 +57,9 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Geometry:
-        return cls(**{k: data[k] for k in ("width", "height", "policy", "resize_shorter") if k in data})
+        return cls(
+            **{k: data[k] for k in ("width", "height", "policy", "resize_shorter") if k in data}
+        )
 
 
 def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -82,8 +84,7 @@ def prepare(frame: np.ndarray, geometry: Geometry) -> np.ndarray:
         out = resize(frame, (geometry.width, geometry.height))
     else:
         sw, sh = geometry.scaled_size(w, h)
-        # A frame already scaled by the decoder may be off by a pixel from our rounding.
-        if abs(sw - w) > 1 or abs(sh - h) > 1 or min(w, h) != geometry.resize_shorter:
+        if (sw, sh) != (w, h):  # a frame the decoder already scaled keeps its size here
             frame = resize(frame, (sw, sh))
             h, w = sh, sw
         top = int(round((h - geometry.height) / 2.0))

@@ -159,7 +159,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def topk(logits: np.ndarray, labels: list[str], k: int = 5) -> list[dict[str, Any]]:
-    """Top-k classes of one logit vector, as [{"class_id", "label", "score"}] with softmax scores."""
+    """Top-k classes of one logit vector as [{"class_id", "label", "score"}], softmax scores."""
     vec = np.asarray(logits).reshape(-1)
     probs = softmax(vec)
     k = max(1, min(k, vec.size))

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_sample_maker():
-    spec = importlib.util.spec_from_file_location("make_sample", ROOT / "samples" / "make_sample.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_sample", ROOT / "samples" / "make_sample.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,11 +1,10 @@
-"""model-prep export: real torch -> ONNX -> OpenVINO, the parity check, and the pretrained default."""
+"""model-prep export: real torch -> ONNX -> OpenVINO, the parity check, the pretrained default."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 
-import numpy as np
 import onnx
 import openvino as ov
 import pytest
@@ -29,7 +28,9 @@ def test_export_writes_self_contained_precisions(lite0_model):
         assert info.precision == precision.upper()
         assert info.arch == "efficientnet-lite0" and len(info.labels) == 1000
         assert info.labels[967] == "espresso"
-        assert info.normalization["mean"] == [127.0] * 3 and info.normalization["scale"] == [128.0] * 3
+        assert (
+            info.normalization["mean"] == [127.0] * 3 and info.normalization["scale"] == [128.0] * 3
+        )
         assert info.normalization["input_color_order"] == "BGR"
         assert info.normalization["color_order"] == "RGB"
         assert info.geometry.width == 224 and info.geometry.resize_shorter == 256
@@ -57,14 +58,16 @@ def test_ir_takes_u8_nhwc_bgr_frames(resnet50_random):
     (inp,) = model.inputs
     assert inp.get_element_type() == ov.Type.u8
     shape = inp.get_partial_shape()
-    assert shape[1].get_length() == 224 and shape[2].get_length() == 224 and shape[3].get_length() == 3
+    assert (
+        shape[1].get_length() == 224 and shape[2].get_length() == 224 and shape[3].get_length() == 3
+    )
     assert shape[0].is_dynamic
 
 
 def test_parity_check_catches_a_colour_order_mistake(photos):
     """The check that guards every export must fail when BGR/RGB is wrong."""
     source = sources.build("efficientnet-lite0")
-    frames = parity.test_frames(source.geometry, list(photos.values()))
+    frames = parity.parity_frames(source.geometry, list(photos.values()))
     good = parity.torch_logits(source, frames)
     swapped = parity.torch_logits(source, frames[..., ::-1].copy())
     assert parity.compare(good, good).passed
@@ -118,14 +121,21 @@ def _not_a_state_dict(tmp_path):
 
 
 BAD_EXPORTS = {
-    "missing checkpoint": lambda t: (["--arch", "resnet50", "--weights", str(t / "nope.pth")],
-                                     "checkpoint not found"),
+    "missing checkpoint": lambda t: (
+        ["--arch", "resnet50", "--weights", str(t / "nope.pth")],
+        "checkpoint not found",
+    ),
     "corrupt checkpoint": _corrupt_checkpoint,
     "not a state dict": _not_a_state_dict,
     "wrong architecture": _wrong_arch_checkpoint,
-    "unknown architecture": lambda t: (["--arch", "resnet9000"], "unknown architecture 'resnet9000'"),
-    "unknown weights name": lambda t: (["--arch", "resnet18", "--weights", "IMAGENET9K"],
-                                       "no torchvision weights 'IMAGENET9K'"),
+    "unknown architecture": lambda t: (
+        ["--arch", "resnet9000"],
+        "unknown architecture 'resnet9000'",
+    ),
+    "unknown weights name": lambda t: (
+        ["--arch", "resnet18", "--weights", "IMAGENET9K"],
+        "no torchvision weights 'IMAGENET9K'",
+    ),
 }
 
 
@@ -144,16 +154,32 @@ def test_bad_export_input_gives_one_line_and_writes_nothing(tmp_path, case):
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    proc = run_cli("model-prep", "export", "--arch", "resnet18", "--weights", "random",
-                   "--output", str(blocker / "model"))
+    proc = run_cli(
+        "model-prep",
+        "export",
+        "--arch",
+        "resnet18",
+        "--weights",
+        "random",
+        "--output",
+        str(blocker / "model"),
+    )
     assert proc.returncode != 0
     assert "cannot write to output folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_failed_export_leaves_an_existing_model_alone(lite0_model, tmp_path):
     before = (lite0_model / "fp32" / "model.json").read_text()
-    proc = run_cli("model-prep", "export", "--arch", "resnet50", "--weights",
-                   str(tmp_path / "missing.pth"), "--output", str(lite0_model))
+    proc = run_cli(
+        "model-prep",
+        "export",
+        "--arch",
+        "resnet50",
+        "--weights",
+        str(tmp_path / "missing.pth"),
+        "--output",
+        str(lite0_model),
+    )
     assert proc.returncode != 0
     assert (lite0_model / "fp32" / "model.json").read_text() == before
     assert json.loads(before)["arch"] == "efficientnet-lite0"
@@ -161,11 +187,25 @@ def test_failed_export_leaves_an_existing_model_alone(lite0_model, tmp_path):
 
 def test_offline_torchvision_weights_name_says_which_file_to_pass(tmp_path, monkeypatch):
     """Without network (or a cached file), naming torchvision weights fails with the file name."""
-    env = {"TORCH_HOME": str(tmp_path / "torch-home"), "PATH": "/usr/bin:/bin",
-           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-           "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
-    proc = run_cli("model-prep", "export", "--arch", "resnet18", "--weights", "IMAGENET1K_V1",
-                   "--output", str(tmp_path / "out"), env=env)
+    env = {
+        "TORCH_HOME": str(tmp_path / "torch-home"),
+        "PATH": "/usr/bin:/bin",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+    }
+    proc = run_cli(
+        "model-prep",
+        "export",
+        "--arch",
+        "resnet18",
+        "--weights",
+        "IMAGENET1K_V1",
+        "--output",
+        str(tmp_path / "out"),
+        env=env,
+    )
     assert proc.returncode != 0
     assert "--weights /path/to/resnet18-f37072fd.pth" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -16,14 +16,23 @@ def image_files(tmp_path_factory, photos):
     chelsea, coffee = folder / "chelsea.jpg", folder / "coffee.png"
     cv2.imwrite(str(chelsea), photos["chelsea"])
     # A portrait, enlarged copy: size and aspect must not matter.
-    cv2.imwrite(str(coffee), cv2.resize(cv2.rotate(photos["coffee"], cv2.ROTATE_90_CLOCKWISE),
-                                        (800, 1200)))
+    cv2.imwrite(
+        str(coffee), cv2.resize(cv2.rotate(photos["coffee"], cv2.ROTATE_90_CLOCKWISE), (800, 1200))
+    )
     return chelsea, coffee
 
 
 def test_classify_json_lines(lite0_model, image_files):
-    proc = run_cli("ovstream", "classify", "--model", str(lite0_model), "--json", "--topk", "3",
-                   *map(str, image_files))
+    proc = run_cli(
+        "ovstream",
+        "classify",
+        "--model",
+        str(lite0_model),
+        "--json",
+        "--topk",
+        "3",
+        *map(str, image_files),
+    )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["image"] for r in records] == [str(p) for p in image_files]
@@ -37,7 +46,9 @@ def test_classify_json_lines(lite0_model, image_files):
 
 
 def test_classify_text_output(lite0_model, image_files):
-    proc = run_cli("ovstream", "classify", "--model", str(lite0_model / "fp16"), str(image_files[1]))
+    proc = run_cli(
+        "ovstream", "classify", "--model", str(lite0_model / "fp16"), str(image_files[1])
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"{image_files[1]}: ") and "(967)" in proc.stdout
 
@@ -63,8 +74,9 @@ BAD_CLASSIFY = {
 
 
 @pytest.mark.parametrize("case", BAD_CLASSIFY)
-def test_bad_image_gives_one_line_and_others_still_classified(lite0_model, image_files, tmp_path,
-                                                              case):
+def test_bad_image_gives_one_line_and_others_still_classified(
+    lite0_model, image_files, tmp_path, case
+):
     args, message = BAD_CLASSIFY[case](tmp_path)
     proc = run_cli("ovstream", "classify", "--model", str(lite0_model), *args, str(image_files[0]))
     assert proc.returncode == 1
@@ -78,7 +90,10 @@ def test_bad_image_gives_one_line_and_others_still_classified(lite0_model, image
     [
         (lambda t: ["--model", str(t)], "is not a model folder"),
         (lambda t: ["--model", str(t / "nope")], "model folder not found"),
-        (lambda t: ["--model", str(t / "model"), "--device", "NPU"], "device 'NPU' is not available"),
+        (
+            lambda t: ["--model", str(t / "model"), "--device", "NPU"],
+            "device 'NPU' is not available",
+        ),
     ],
     ids=["no model.json", "missing folder", "absent device"],
 )

@@ -8,8 +8,13 @@ from stream.geometry import Geometry, prepare
 
 @pytest.mark.parametrize(
     ("src", "expected"),
-    [((1920, 1080), (455, 256)), ((640, 360), (455, 256)), ((360, 640), (256, 455)),
-     ((256, 256), (256, 256)), ((100, 50), (512, 256))],
+    [
+        ((1920, 1080), (455, 256)),
+        ((640, 360), (455, 256)),
+        ((360, 640), (256, 455)),
+        ((256, 256), (256, 256)),
+        ((100, 50), (512, 256)),
+    ],
 )
 def test_scaled_size_keeps_aspect_with_shorter_side_256(src, expected):
     assert Geometry().scaled_size(*src) == expected
@@ -47,14 +52,19 @@ def test_pre_scaled_frame_skips_the_resize_and_matches():
 
 
 def test_stretch_policy():
-    out = prepare(np.zeros((100, 300, 3), np.uint8), Geometry(policy="resize", width=160, height=120))
+    out = prepare(
+        np.zeros((100, 300, 3), np.uint8), Geometry(policy="resize", width=160, height=120)
+    )
     assert out.shape == (120, 160, 3)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"policy": "fit"}, "policy must be one of"), ({"width": 0}, "positive"),
-     ({"resize_shorter": 100}, "must be >= the crop")],
+    [
+        ({"policy": "fit"}, "policy must be one of"),
+        ({"width": 0}, "positive"),
+        ({"resize_shorter": 100}, "must be >= the crop"),
+    ],
 )
 def test_bad_geometry_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
