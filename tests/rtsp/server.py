@@ -177,9 +177,8 @@ class ClipFeeder:
         base = self._now()
         i = 0
         while not self._stop.is_set():
-            if self.stall.stalled:
-                if not self.stall.wait_running(0.1):
-                    continue
+            if self.stall.stalled and not self.stall.wait_running(0.1):
+                continue
             if generation != self.stall.generation:
                 # Resumed after a stall: carry on from the next frame, stamped "now".
                 generation = self.stall.generation
@@ -215,8 +214,7 @@ class Factory(GstRtspServer.RTSPMediaFactory):
         self.clip = read_clip(args.file) if args.file else None
         if self.clip is not None:
             self.set_launch(
-                "( appsrc name=src is-live=true format=time do-timestamp=false "
-                f"! {PAYLOADER} )"
+                f"( appsrc name=src is-live=true format=time do-timestamp=false ! {PAYLOADER} )"
             )
         else:
             width, height, fps = args.pattern
