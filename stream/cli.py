@@ -15,6 +15,8 @@ log = logging.getLogger("ovstream")
 # `add_arguments(parser)` and `run(args) -> int`, and is imported only when needed.
 COMMANDS: list[tuple[str, str, str]] = [
     ("classify", "stream.classify", "classify image files with a prepared model"),
+    ("run", "stream.run", "classify video files in the streaming pipeline and publish results"),
+    ("subscribe", "stream.subscribe", "print a pipeline's published results as JSON lines"),
 ]
 
 

@@ -123,13 +123,17 @@ class RunSummary:
     results: int
     interrupted: bool = False
     failure: str | None = None
-    """Set when a stage died."""
+    """Set when a stage died or could not start."""
+    failure_is_user_error: bool = False
+    """The failure is the user's to fix (a model that does not load, an endpoint in use)."""
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Final counters of every stage (frames, rejected, cpu_s, max_rss_mb...)."""
 
     @property
     def exit_code(self) -> int:
-        """0 ok (also after a requested stop), 1 if a source or a stage failed."""
+        """0 ok (also after a requested stop), 2 a user error, 1 if a source or a stage failed."""
+        if self.failure and self.failure_is_user_error:
+            return 2
         if self.failure or any(not s.ok for s in self.sources):
             return 1
         return 0
@@ -257,6 +261,8 @@ class Pipeline:
     def _finish(self) -> RunSummary:
         assert self.summary is not None
         if self.summary.failure:
+            if self.summary.failure_is_user_error:
+                raise UserError(self.summary.failure)
             raise PipelineError(self.summary.failure)
         return self.summary
 
@@ -334,5 +340,6 @@ class Pipeline:
             results=sum(r.published for r in reports),
             interrupted=sup.interrupted,
             failure=sup.failure,
+            failure_is_user_error=sup.failure_is_user_error,
             stages={name: dict(s.stats) for name, s in sup.states.items()},
         )

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from stream import messages
-from stream.stage import Stage, stage_main
+from stream.stage import EXIT_USER_ERROR, Stage, stage_main
 from stream.transport import TransportConfig, open_socket, receive
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ class Supervisor:
         self.startup_timeout_s = startup_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self.failure: str | None = None
+        self.failure_is_user_error = False
+        """The failing stage reported a user error (bad model, endpoint in use), not a crash."""
         self.source_errors: dict[str, str] = {}
         self.rejected_control = 0
         self.stopping = False
@@ -215,12 +217,17 @@ class Supervisor:
                 continue
             if code == 0 and self.failure is not None:
                 continue  # stopped by us after another stage failed
+            if self.failure is not None:
+                continue
+            if code == EXIT_USER_ERROR and state.error:
+                self.failure_is_user_error = True
+                self._fail(f"{state.name}: {state.error}")
+                continue
             if code == 0:
                 reason = "stopped before the end of its streams"
             else:
                 reason = state.error or describe_exit(code)
-            if self.failure is None:
-                self._fail(f"stage {state.name} died: {reason}")
+            self._fail(f"stage {state.name} died: {reason}")
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()

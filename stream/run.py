@@ -1,0 +1,148 @@
+"""Classify every frame of one or more videos in the streaming pipeline and publish the results.
+
+    ovstream run cam1=front.mp4 back.mp4 --model models/resnet50 --output results.jsonl
+
+Results go out on a ZeroMQ PUB socket (topic = stream id; `ovstream subscribe` reads them) and,
+with --output, to a JSON Lines file. Ctrl-C stops reading, publishes what is in flight, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from stream.errors import UserError
+from stream.pipeline import Pipeline, PipelineConfig, PipelineError, RunSummary
+from stream.publish import DEFAULT_PUBLISH
+from stream.transport import TransportConfig
+
+PROG = "ovstream"
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="video file, or NAME=FILE to choose its stream id (default: file stem)")
+    parser.add_argument("--model", "-m", required=True, metavar="DIR",
+                        help="model folder (made by model-prep; a parent picks int8, fp32, fp16)")
+    parser.add_argument("--publish", default=DEFAULT_PUBLISH, metavar="ENDPOINT",
+                        help=f"PUB endpoint to bind, or 'none' (default {DEFAULT_PUBLISH})")
+    parser.add_argument("--output", "-o", metavar="FILE.jsonl", help="also write results here")
+    parser.add_argument("--fps", type=positive_float, metavar="F",
+                        help="classify F frames per second of video (sampled by pts)")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU; AUTO, GPU...)")
+    parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes per result")
+    parser.add_argument("--requests", type=int, default=0, metavar="N",
+                        help="infer requests in flight (default: the device's optimal number)")
+    parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                        help="hold results until N subscribers have connected to --publish")
+    parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
+                        help="links between stages: ipc sockets in a temp dir (default) or tcp")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    publish = None if str(args.publish).lower() in ("none", "") else args.publish
+    return PipelineConfig(
+        sources=list(args.sources), model=args.model, device=args.device, publish=publish,
+        output=args.output, fps=args.fps, topk=args.topk, requests=args.requests,
+        wait_subscribers=args.wait_subscribers, transport=TransportConfig(scheme=args.transport),
+    )
+
+
+class Progress:
+    """A live line on a terminal; on a pipe, a plain line every few seconds."""
+
+    def __init__(self, out: TextIO, enabled: bool) -> None:
+        self.out = out
+        self.enabled = enabled
+        self.tty = out.isatty()
+        self.last_line = -1e9
+        self.prev: dict[str, tuple[float, int]] = {}
+        self.width = 0
+
+    def __call__(self, pipeline: Pipeline) -> None:
+        if not self.enabled:
+            return
+        snap = pipeline.snapshot()
+        if not snap:
+            return
+        now = snap["elapsed_s"]
+        if not self.tty and now - self.last_line < 5.0:
+            return
+        self.last_line = now
+        parts = []
+        for sid, counts in snap["streams"].items():
+            t0, n0 = self.prev.get(sid, (0.0, 0))
+            fps = (counts["published"] - n0) / (now - t0) if now > t0 else 0.0
+            self.prev[sid] = (now, counts["published"])
+            parts.append(f"{sid} {counts['published']} ({fps:.1f} fps)")
+        line = f"[{now:6.1f}s] " + " | ".join(parts) + f" | in flight {snap['in_flight']}"
+        if self.tty:
+            self.out.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self.tty and self.width:
+            self.out.write("\r" + " " * self.width + "\r")
+            self.out.flush()
+
+
+def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
+    """Per-source frames, skipped and failures; one line for each problem."""
+    infer = summary.stages.get("infer", {})
+    print(
+        f"{PROG}: {summary.results} result(s) from {len(summary.sources)} source(s) in "
+        f"{summary.seconds:.1f} s ({summary.fps:.1f} FPS), {infer.get('requests', '?')} "
+        f"infer requests on {pipeline.config.device}",
+        file=out,
+    )
+    width = max(len(s.stream_id) for s in summary.sources)
+    for s in summary.sources:
+        state = "FAILED" if s.error else "stopped" if s.stopped else "ok"
+        print(f"  {s.stream_id:<{width}}  {s.published:6d} results  {s.decoded:6d} decoded  "
+              f"{s.skipped:4d} skipped  {state}", file=out)
+    for s in summary.sources:
+        if s.error:
+            print(f"{PROG}: error: source {s.stream_id}: {s.error}", file=out)
+        elif s.skipped:
+            print(f"{PROG}: warning: source {s.stream_id}: {s.skipped} frame(s) skipped "
+                  f"(corrupt data), {s.published} classified", file=out)
+    rejected = sum(int(st.get("rejected", 0)) for st in summary.stages.values())
+    if rejected:
+        print(f"{PROG}: warning: {rejected} malformed message(s) rejected", file=out)
+    if summary.interrupted and not summary.failure:
+        print(f"{PROG}: interrupted: stopped reading, published everything in flight", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    pipeline = Pipeline(config)
+    progress = Progress(sys.stderr, enabled=not args.no_progress)
+    try:
+        pipeline.run(progress=progress)
+    except PipelineError as exc:
+        progress.clear()
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except UserError:
+        progress.clear()
+        raise
+    progress.clear()
+    summary = pipeline.summary
+    assert summary is not None
+    print_summary(summary, pipeline, sys.stderr)
+    return summary.exit_code

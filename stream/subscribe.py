@@ -1,0 +1,114 @@
+"""Print the results a running pipeline publishes, one JSON object per line.
+
+    ovstream subscribe tcp://127.0.0.1:5556 --topic cam1 | jq .topk[0].label
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from stream.errors import UserError
+from stream.publish import DEFAULT_PUBLISH
+from stream.transport import check_endpoint
+
+log = logging.getLogger(__name__)
+
+PROG = "ovstream subscribe"
+
+
+class SubscribeTimeout(Exception):
+    """No result arrived within the timeout."""
+
+
+def subscribe(
+    endpoint: str = DEFAULT_PUBLISH,
+    topic: str | None = None,
+    timeout_s: float | None = None,
+    raw: bool = False,
+) -> Iterator[Any]:
+    """Yield result records (dicts, or the JSON bytes with `raw`) from a pipeline's PUB socket.
+
+    `topic` keeps one stream id (exactly, not as a prefix). `timeout_s` raises SubscribeTimeout
+    when that long passes without a result; None waits for ever. Malformed messages are skipped
+    with a warning.
+    """
+    check_endpoint(endpoint)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 100000)
+    sock.setsockopt(zmq.SUBSCRIBE, topic.encode() if topic else b"")
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close()
+        ctx.term()
+        raise UserError(f"cannot connect to {endpoint}: {exc.strerror}") from None
+    try:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not sock.poll(min(wait_ms, 200)):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise SubscribeTimeout(f"no result within {timeout_s:g} s")
+                continue
+            parts = sock.recv_multipart()
+            if len(parts) != 2:
+                log.warning("skipped a message with %d parts (expected 2)", len(parts))
+                continue
+            if topic is not None and parts[0] != topic.encode():
+                continue  # ZeroMQ filters by prefix; keep the exact stream id only
+            try:
+                record = json.loads(parts[1])
+            except ValueError:
+                log.warning("skipped a message that is not JSON")
+                continue
+            if not isinstance(record, dict) or record.get("stream_id") != parts[0].decode("utf-8", "replace"):
+                log.warning("skipped a message that is not a result record")
+                continue
+            if deadline is not None:
+                deadline = time.monotonic() + timeout_s  # type: ignore[operator]
+            yield parts[1] if raw else record
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("endpoint", nargs="?", default=DEFAULT_PUBLISH,
+                        help=f"the pipeline's PUB endpoint (default {DEFAULT_PUBLISH})")
+    parser.add_argument("--topic", metavar="STREAM_ID", help="only this stream's results")
+    parser.add_argument("--count", type=int, metavar="N", help="exit after N results")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help="give up after S seconds without a result (exit 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        raise UserError(f"--count must be at least 1, got {args.count}")
+    got = 0
+    out = sys.stdout.buffer
+    try:
+        for data in subscribe(args.endpoint, args.topic, args.timeout, raw=True):
+            out.write(data + b"\n")
+            out.flush()
+            got += 1
+            if args.count is not None and got >= args.count:
+                break
+    except SubscribeTimeout as exc:
+        wanted = f" (got {got} of {args.count})" if args.count else f" (got {got})"
+        print(f"{PROG}: {exc}{wanted}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    return 0
