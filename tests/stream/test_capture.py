@@ -1,0 +1,114 @@
+"""Capture's pure parts on real decoded video: sources, sampling, early downscale, bad files."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from stream.capture import (
+    DecodeCounters,
+    PtsSampler,
+    SourceSpec,
+    decode_frames,
+    open_source,
+    parse_sources,
+    scaled_bgr,
+)
+from stream.errors import UserError
+from stream.geometry import Geometry, prepare
+
+from .conftest import count_frames
+
+
+@pytest.mark.parametrize(
+    "text,stream_id,url",
+    [
+        ("videos/front door.mp4", "front door", "videos/front door.mp4"),
+        ("cam1=videos/a.mp4", "cam1", "videos/a.mp4"),
+        ("rtsp://u:p@cam/live", "live", "rtsp://u:p@cam/live"),
+        ("back=rtsp://cam/x?y=1", "back", "rtsp://cam/x?y=1"),
+        ("dir/a=b.mp4", "a=b", "dir/a=b.mp4"),
+    ],
+)
+def test_source_spec(text, stream_id, url):
+    assert SourceSpec.parse(text) == SourceSpec(stream_id, url)
+
+
+def test_duplicate_stream_ids_are_refused():
+    with pytest.raises(UserError, match="NAME=SOURCE"):
+        parse_sources(["a/x.mp4", "b/x.mp4"])
+
+
+def test_sampler_keeps_one_frame_per_period():
+    pts = [i / 25 for i in range(100)]  # 4 s at 25 fps
+
+    def kept(fps):
+        sampler = PtsSampler(fps)
+        return sum(sampler.keep(t) for t in pts)
+
+    assert kept(1.0) == 4
+    assert kept(5.0) == 20
+    assert kept(None) == 100
+    assert kept(100.0) == 100  # never more than there are
+
+
+def test_sampler_starts_at_the_first_pts():
+    sampler = PtsSampler(2.0)
+    assert [sampler.keep(t) for t in (10.0, 10.2, 10.5, 10.9, 11.0)] == [
+        True, False, True, False, True,
+    ]
+
+
+@pytest.mark.parametrize("size", [(640, 360), (160, 90), (180, 320)])
+def test_decoder_downscale_matches_the_geometry(clip_factory, size):
+    """Frames leave capture at scaled_size and prepare() then gives what it gives full frames."""
+    geometry = Geometry()
+    clip = clip_factory(*size, 25, 10)
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0))
+        small = scaled_bgr(frame, geometry)
+        full = frame.to_ndarray(format="bgr24")
+    assert (small.shape[1], small.shape[0]) == geometry.scaled_size(*size)
+    a, b = prepare(small, geometry), prepare(full, geometry)
+    assert a.shape == b.shape == (224, 224, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 3.0
+
+
+@pytest.mark.parametrize("thread_type", ["AUTO", "NONE"])
+def test_decode_counts_every_frame(clip_factory, thread_type):
+    clip = clip_factory(320, 180, 30, 25)
+    container, stream = open_source(str(clip))
+    stream.thread_type = thread_type
+    counters = DecodeCounters()
+    got = [(i, round(p, 6)) for i, p, _ in decode_frames(container, stream, counters)]
+    container.close()
+    assert got == [(i, round(p, 6)) for i, p in count_frames(clip)]
+    assert counters.decoded == 25 and counters.skipped == 0
+
+
+def test_corrupt_packets_are_skipped_and_counted(bad_inputs):
+    clip = bad_inputs["corrupt"]
+    container, stream = open_source(str(clip))
+    counters = DecodeCounters()
+    got = [i for i, _, _ in decode_frames(container, stream, counters)]
+    container.close()
+    expected = count_frames(clip)
+    assert len(got) == len(expected) == counters.decoded
+    assert 0 < counters.decoded < 40
+    assert counters.skipped == 40 - counters.decoded
+    assert counters.decode_errors >= 1
+
+
+@pytest.mark.parametrize(
+    "name,error",
+    [
+        ("missing", "no such file"),
+        ("not_video", "cannot read .* as video"),
+        ("zero_frames", "no video stream"),
+    ],
+)
+def test_unreadable_sources_give_one_line(bad_inputs, name, error):
+    with pytest.raises(UserError, match=error) as info:
+        open_source(str(bad_inputs[name]))
+    assert "\n" not in str(info.value)
