@@ -1,0 +1,132 @@
+"""Each downstream stage in its own process on real sockets: malformed input is rejected and
+counted, the stage goes on, passes its end of stream on and exits 0."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+import zmq
+
+from stream import messages
+from stream.geometry import Geometry
+from stream.infer import InferConfig, InferStage
+from stream.preprocess import PreprocessConfig, PreprocessStage
+from stream.publish import PublishConfig, PublishStage
+from stream.stage import stage_main
+from stream.transport import TransportConfig
+
+from .conftest import recv_within
+
+META = {"frame_index": 0, "pts": 0.0, "capture_ts": 1700000000.0}
+
+
+def frame_msg(seq, image, kind=messages.FRAME, stream="s"):
+    return messages.encode(kind, stream, seq, {**META, "frame_index": seq}, [image])
+
+
+def eos(count, stream="s"):
+    return messages.encode(messages.EOS, stream, count, {"count": count})
+
+
+GARBAGE = [
+    [b"junk"],
+    [b"s", b"not json"],
+    [b"s", json.dumps({"v": 2, "kind": "frame", "stream": "s", "seq": 0, "arrays": []}).encode()],
+]
+
+
+def preprocess_case(model, tmp_path):
+    stage = PreprocessStage(PreprocessConfig(["s"], Geometry()), TransportConfig(), {})
+    image = np.zeros((256, 455, 3), np.uint8)
+    inputs = [
+        *GARBAGE,
+        frame_msg(0, image, stream="intruder"),  # unknown stream
+        frame_msg(0, image),
+        frame_msg(0, image),  # repeated sequence number
+        frame_msg(1, np.zeros((4, 4), np.uint8)),  # not a BGR frame
+        eos(2),
+    ]
+    return stage, "frames", "tensors", inputs, 1, 6
+
+
+def infer_case(model, tmp_path):
+    stage = InferStage(InferConfig(str(model), ["s"]), TransportConfig(), {})
+    good = np.zeros((224, 224, 3), np.uint8)
+    inputs = [
+        *GARBAGE,
+        frame_msg(0, good, messages.TENSOR),
+        frame_msg(1, np.zeros((200, 200, 3), np.uint8), messages.TENSOR),  # wrong size
+        frame_msg(2, good, messages.FRAME),  # wrong kind for this link
+        frame_msg(3, good, messages.TENSOR),
+        eos(4),
+    ]
+    return stage, "tensors", "logits", inputs, 2, 5
+
+
+def publish_case(model, tmp_path):
+    config = PublishConfig(str(model), {"s": "a.mp4"}, publish=None, sink=True,
+                           output=str(tmp_path / "out.jsonl"))
+    stage = PublishStage(config, TransportConfig(), {})
+    logits = np.zeros(1000, np.float32)
+    inputs = [
+        *GARBAGE,
+        frame_msg(1, logits, messages.LOGITS),  # out of order: held until 0 arrives
+        frame_msg(0, logits, messages.LOGITS),
+        frame_msg(0, logits, messages.LOGITS),  # duplicate
+        eos(2),
+    ]
+    return stage, "logits", "sink", inputs, 2, 4
+
+
+@pytest.mark.parametrize("case", [preprocess_case, infer_case, publish_case],
+                         ids=["preprocess", "infer", "publish"])
+def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zctx):
+    stage, in_link, out_link, inputs, expected_out, expected_rejected = case(model, tmp_path)
+    endpoints = {link: f"ipc://{tmp_path}/{link}.sock" for link in
+                 ("frames", "tensors", "logits", "control", "sink")}
+    stage.endpoints = endpoints
+    control = zctx.socket(zmq.PULL)
+    control.bind(endpoints["control"])
+    out = zctx.socket(zmq.PULL)
+    out.bind(endpoints[out_link])
+    push = zctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(endpoints[in_link])
+    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
+    proc.start()
+    try:
+        ready = messages.decode(recv_within(control, 60))
+        assert ready.kind == messages.READY, ready.meta
+        for parts in inputs:
+            push.send_multipart(parts, copy=False)
+        received = []
+        if out_link == "sink":  # publish sends result records, not wire messages
+            for _ in range(expected_out):
+                topic, data = recv_within(out, 30)
+                received.append(json.loads(bytes(data.buffer)))
+            assert [r["frame_index"] for r in received] == [0, 1]
+        else:
+            for _ in range(expected_out + 1):
+                received.append(messages.decode(recv_within(out, 30)))
+            assert [m.kind for m in received][-1] == messages.EOS
+            assert len([m for m in received if m.kind != messages.EOS]) == expected_out
+        final = None
+        while final is None:
+            msg = messages.decode(recv_within(control, 30))
+            if msg.kind == messages.STATS and msg.meta.get("final"):
+                final = msg
+        proc.join(30)
+        assert proc.exitcode == 0
+        assert final.meta["complete"] is True
+        assert final.meta["stats"]["rejected"] == expected_rejected
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+    if out_link == "sink":
+        lines = (tmp_path / "out.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in lines] == received
