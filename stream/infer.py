@@ -11,8 +11,11 @@ flight, so it always follows the stream's last result.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,7 @@ import numpy as np
 import zmq
 
 from stream import messages
+from stream.errors import UserError
 from stream.model import compile_model, load_info
 from stream.stage import Stage, StreamTracker
 from stream.transport import TransportConfig, send
@@ -50,6 +54,42 @@ def check_tensor(arr: np.ndarray, shape: tuple[int, ...]) -> str | None:
     return None
 
 
+def describe_ov_error(exc: BaseException) -> str:
+    """The informative line of an OpenVINO exception (not its 'Exception from file.cpp' lines)."""
+    lines = [x.strip() for x in str(exc).splitlines()]
+    useful = [x for x in lines if x and not x.startswith("Exception from")]
+    return useful[0] if useful else type(exc).__name__
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[None]:
+    """Keep native libraries' noise on fd 2 (frontend probing of a broken file) off the terminal;
+    what they printed goes to the debug log."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            noise = sink.read().decode(errors="replace").strip()
+            if noise:
+                log.debug("OpenVINO said on stderr:\n%s", noise)
+
+
+def check_model_reads(xml: Any) -> None:
+    """Read the IR once with a useful one-line error (compile_model then reads it again)."""
+    import openvino as ov
+
+    with captured_stderr():
+        try:
+            ov.Core().read_model(xml)
+        except RuntimeError as exc:
+            raise UserError(f"cannot load model {xml}: {describe_ov_error(exc)}") from None
+
+
 class InferStage(Stage):
     """PULL tensors (bound), run them asynchronously, PUSH logits to publish."""
 
@@ -70,6 +110,7 @@ class InferStage(Stage):
 
         cfg = self.config
         info = load_info(cfg.model)
+        check_model_reads(info.xml)
         compiled = compile_model(info, cfg.device, "throughput", cfg.ov_config)
         nreq = cfg.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         shape = (info.geometry.height, info.geometry.width, 3)
