@@ -89,8 +89,9 @@ def ov_latency(core: Any, info: ModelInfo, frame: np.ndarray, opts: BenchOptions
     return times
 
 
-def ov_throughput(core: Any, info: ModelInfo, frame: np.ndarray,
-                  opts: BenchOptions) -> tuple[float, int]:
+def ov_throughput(
+    core: Any, info: ModelInfo, frame: np.ndarray, opts: BenchOptions
+) -> tuple[float, int]:
     """(frames per second, requests) with the THROUGHPUT hint and an AsyncInferQueue."""
     import openvino as ov
 
@@ -136,8 +137,14 @@ def torch_row(source: Any, frame: np.ndarray, opts: BenchOptions) -> Row:
 
     times, elapsed = timed_loop(step, opts.duration)
     size = sum(t.numel() * t.element_size() for t in source.model.state_dict().values()) / 1e6
-    return Row("PyTorch eager FP32", float(np.median(times)), float(np.percentile(times, 90)),
-               len(times) / elapsed, 1, size)
+    return Row(
+        "PyTorch eager FP32",
+        float(np.median(times)),
+        float(np.percentile(times, 90)),
+        len(times) / elapsed,
+        1,
+        size,
+    )
 
 
 def bench_folder(folder: Path, opts: BenchOptions) -> dict[str, Any]:
@@ -157,19 +164,32 @@ def bench_folder(folder: Path, opts: BenchOptions) -> dict[str, Any]:
     for name, info in found.items():
         times = ov_latency(core, info, frame, opts)
         fps, nireq = ov_throughput(core, info, frame, opts)
-        rows.append(Row(f"OpenVINO {name.upper()}", float(np.median(times)),
-                        float(np.percentile(times, 90)), fps, nireq, ir_size_mb(info)))
+        rows.append(
+            Row(
+                f"OpenVINO {name.upper()}",
+                float(np.median(times)),
+                float(np.percentile(times, 90)),
+                fps,
+                nireq,
+                ir_size_mb(info),
+            )
+        )
     torch_fps = rows[0].throughput_fps if rows[0].variant.startswith("PyTorch") else None
     fp32_fps = next((r.throughput_fps for r in rows if r.variant == "OpenVINO FP32"), None)
     for r in rows:
         r.speedup_vs_pytorch = r.throughput_fps / torch_fps if torch_fps else None
         r.speedup_vs_fp32 = r.throughput_fps / fp32_fps if fp32_fps else None
     return {
-        "model": ref.name, "arch": ref.arch, "folder": str(folder),
-        "device": opts.device, "duration_s": opts.duration,
+        "model": ref.name,
+        "arch": ref.arch,
+        "folder": str(folder),
+        "device": opts.device,
+        "duration_s": opts.duration,
         "cpu": core.get_property(opts.device, "FULL_DEVICE_NAME"),
-        "cores": os.cpu_count(), "platform": platform.platform(),
-        "openvino": ov.__version__, "pytorch": {"available": torch_fps is not None, "reason": why},
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "openvino": ov.__version__,
+        "pytorch": {"available": torch_fps is not None, "reason": why},
         "rows": [asdict(r) for r in rows],
     }
 
@@ -212,10 +232,13 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, metavar="DIR", help="model folder (fp32/, fp16/, int8/)")
+    parser.add_argument(
+        "folder", type=Path, metavar="DIR", help="model folder (fp32/, fp16/, int8/)"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="seconds per measurement (default 10)")
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per measurement (default 10)"
+    )
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
 
 

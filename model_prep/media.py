@@ -45,7 +45,11 @@ class FrameSet:
 
 
 def progress(items: Sequence[T], description: str) -> Iterator[T]:
-    """Iterate with a progress bar on stderr (rich, as NNCF's own bars)."""
+    """Iterate with a progress bar on stderr (rich, as NNCF's own bars) when it is a terminal."""
+    if not sys.stderr.isatty():
+        log.info("%s: %d item(s)", description, len(items))
+        yield from items
+        return
     from rich.console import Console
     from rich.progress import track
 
@@ -62,8 +66,10 @@ def find_media(paths: Sequence[Path], what: str = "calibration") -> list[Path]:
         elif path.is_dir():
             files.extend(
                 sorted(
-                    p for p in path.rglob("*")
-                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 )
             )
         else:
@@ -119,10 +125,12 @@ def video_frames(path: Path, count: int) -> list[tuple[int, np.ndarray]]:
 
 
 def load_frames(
-    files: Sequence[Path], geometry: Geometry, frames_per_video: int = DEFAULT_FRAMES_PER_VIDEO,
+    files: Sequence[Path],
+    geometry: Geometry,
+    frames_per_video: int = DEFAULT_FRAMES_PER_VIDEO,
     description: str = "loading frames",
 ) -> FrameSet:
-    """Read images and sample videos, prepare each frame; unreadable files are counted, not fatal."""
+    """Read images, sample videos and prepare every frame; unreadable files are counted."""
     result = FrameSet()
     for path in progress(files, description):
         frames = _read_any(path, frames_per_video)
@@ -206,7 +214,10 @@ class Labelled:
 
 
 def labelled_folder(
-    folder: Path, labels: Sequence[str], geometry: Geometry, wnids_file: Path | None = None,
+    folder: Path,
+    labels: Sequence[str],
+    geometry: Geometry,
+    wnids_file: Path | None = None,
     frames_per_video: int = DEFAULT_FRAMES_PER_VIDEO,
 ) -> Labelled:
     """Frames from `folder/<class>/...` where <class> is an index, a WordNet id or a label name."""

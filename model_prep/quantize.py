@@ -59,17 +59,22 @@ class QuantizeOptions:
         if self.val is not None and self.max_drop is None:
             raise UserError("--val is used by accuracy control: add --max-drop X (e.g. 0.01)")
         if self.max_drop is not None and not 0.0 <= self.max_drop < 1.0:
-            raise UserError(f"--max-drop is a fraction of top-1 accuracy in [0, 1), got {self.max_drop}")
+            raise UserError(
+                f"--max-drop is a fraction of top-1 accuracy in [0, 1), got {self.max_drop}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-def calibration_frames(paths: list[Path], info: ModelInfo, options: QuantizeOptions) -> media.FrameSet:
+def calibration_frames(
+    paths: list[Path], info: ModelInfo, options: QuantizeOptions
+) -> media.FrameSet:
     """Prepared calibration frames, thinned evenly to `subset_size`; unreadable files counted."""
     files = media.find_media(paths, "calibration")
-    frames = media.load_frames(files, info.geometry, options.frames_per_video,
-                               "loading calibration data")
+    frames = media.load_frames(
+        files, info.geometry, options.frames_per_video, "loading calibration data"
+    )
     media.report_skipped(frames, "calibration")
     keep = media.even_indices(len(frames.frames), options.subset_size)
     if len(keep) < len(frames.frames):
@@ -117,7 +122,7 @@ def quantize_accuracy_control(
     """nncf.quantize_with_accuracy_control against top-1 on `val`; returns (model, reverted ops)."""
     import nncf
 
-    items = [(f[None], t) for f, t in zip(val.frames.frames, val.targets)]
+    items = [(f[None], t) for f, t in zip(val.frames.frames, val.targets, strict=True)]
     handler = _RevertedOps()
     nncf_log = logging.getLogger("nncf")
     nncf_log.addHandler(handler)
@@ -142,7 +147,7 @@ def quantize_accuracy_control(
 
 
 def _reaches_int(output: Any, depth: int = 6) -> bool:
-    """True if a weight input is stored in an integer type (or fake-quantized) a few ops upstream."""
+    """True if a weight input is stored as integers (or fake-quantized) a few ops upstream."""
     node = output.get_node()
     kind = node.get_type_name()
     if kind == "FakeQuantize":
@@ -157,8 +162,11 @@ def _reaches_int(output: Any, depth: int = 6) -> bool:
 def float_weighted_ops(model: Any) -> tuple[int, list[str]]:
     """(number of weighted ops, names of those whose weights are not INT8) in an openvino.Model."""
     weighted = [op for op in model.get_ordered_ops() if op.get_type_name() in WEIGHTED_OPS]
-    floats = [op.get_friendly_name() for op in weighted
-              if not _reaches_int(op.input(1).get_source_output())]
+    floats = [
+        op.get_friendly_name()
+        for op in weighted
+        if not _reaches_int(op.input(1).get_source_output())
+    ]
     return len(weighted), floats
 
 
@@ -167,27 +175,40 @@ def accuracy_on(model_path: Path, val: media.Labelled) -> float:
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(model_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return top1_validation(compiled, [(f[None], t) for f, t in zip(val.frames.frames, val.targets)])[0]
+    return top1_validation(
+        compiled, [(f[None], t) for f, t in zip(val.frames.frames, val.targets, strict=True)]
+    )[0]
 
 
 def quantize_folder(folder: Path, calib: list[Path], options: QuantizeOptions) -> dict[str, Any]:
-    """Quantize `folder/fp32` into `folder/int8` (written whole or not at all); returns a summary."""
-    import nncf
+    """Quantize `folder/fp32` into `folder/int8` (written whole or not at all); a summary."""
     import openvino as ov
 
     from model_prep.files import folder_size_mb, staged_output
 
     folder = Path(folder)
     if not (folder / "fp32" / "model.json").is_file():
-        raise UserError(f"{folder} has no fp32/ model to quantize (make one with 'model-prep export')")
+        raise UserError(
+            f"{folder} has no fp32/ model to quantize (make one with 'model-prep export')"
+        )
     info = load_info(folder / "fp32")
+    val = (
+        media.labelled_folder(
+            options.val, info.labels, info.geometry, options.wnids, options.frames_per_video
+        )
+        if options.val
+        else None
+    )
     frames = calibration_frames(calib, info, options)
-    val = (media.labelled_folder(options.val, info.labels, info.geometry, options.wnids,
-                                 options.frames_per_video) if options.val else None)
+    import nncf  # after the inputs are checked: importing it takes seconds
+
     model = ov.Core().read_model(info.xml)
     facts: dict[str, Any] = {
-        "sources": frames.used, "skipped": frames.skipped, "samples": len(frames.frames),
-        "options": options.to_dict(), "nncf": nncf.__version__,
+        "sources": frames.used,
+        "skipped": frames.skipped,
+        "samples": len(frames.frames),
+        "options": options.to_dict(),
+        "nncf": nncf.__version__,
     }
     log.info("quantizing %s with %d calibration samples", info.xml, len(frames.frames))
     try:
@@ -204,58 +225,116 @@ def quantize_folder(folder: Path, calib: list[Path], options: QuantizeOptions) -
         ov.save_model(quantized, str(stage / "model.xml"), compress_to_fp16=False)
         if val is not None:
             facts["accuracy_control"] = {
-                "max_drop": options.max_drop, "metric": "top-1", "drop_type": "absolute",
-                "val": str(options.val), "val_samples": len(val.targets),
-                "classes": val.classes, "reverted_to_float": reverted,
+                "max_drop": options.max_drop,
+                "metric": "top-1",
+                "drop_type": "absolute",
+                "val": str(options.val),
+                "val_samples": len(val.targets),
+                "classes": val.classes,
+                "reverted_to_float": reverted,
                 "fp32_top1": accuracy_on(info.xml, val),
                 "int8_top1": accuracy_on(stage / "model.xml", val),
             }
-        out = ModelInfo(**{**info.__dict__, "precision": "INT8", "path": None,
-                           "versions": {**info.versions, "nncf": nncf.__version__},
-                           "extra": {"calibration": facts}})
+        out = ModelInfo(
+            **{
+                **info.__dict__,
+                "precision": "INT8",
+                "path": None,
+                "versions": {**info.versions, "nncf": nncf.__version__},
+                "extra": {"calibration": facts},
+            }
+        )
         out.save(stage)
         size = folder_size_mb(stage)
     fp32_size = folder_size_mb(folder / "fp32")
-    return {"output": str(folder / "int8"), "samples": len(frames.frames),
-            "skipped": len(frames.skipped), "size_mb": round(size, 2),
-            "size_vs_fp32": round(size / fp32_size, 3), "weighted_ops": total,
-            "weighted_ops_in_float": floats, "accuracy_control": facts.get("accuracy_control")}
+    return {
+        "output": str(folder / "int8"),
+        "samples": len(frames.frames),
+        "skipped": len(frames.skipped),
+        "size_mb": round(size, 2),
+        "size_vs_fp32": round(size / fp32_size, 3),
+        "weighted_ops": total,
+        "weighted_ops_in_float": floats,
+        "accuracy_control": facts.get("accuracy_control"),
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path, metavar="DIR", help="model folder with fp32/")
-    parser.add_argument("--calib", type=Path, nargs="+", required=True, metavar="PATH",
-                        help="calibration image folders, image files and/or video files")
-    parser.add_argument("--subset-size", type=int, default=300,
-                        help="calibration samples (default 300, NNCF's guidance)")
-    parser.add_argument("--preset", choices=PRESETS, default="performance",
-                        help="NNCF preset: performance (default, symmetric) or mixed")
-    parser.add_argument("--fast-bias-correction", action=argparse.BooleanOptionalAction,
-                        default=True, help="fast bias correction (default on)")
-    parser.add_argument("--frames-per-video", type=int, default=media.DEFAULT_FRAMES_PER_VIDEO,
-                        help=f"frames sampled evenly from each video (default "
-                             f"{media.DEFAULT_FRAMES_PER_VIDEO})")
-    parser.add_argument("--max-drop", type=float,
-                        help="accuracy control: largest absolute top-1 drop allowed on --val "
-                             "(e.g. 0.01)")
-    parser.add_argument("--val", type=Path, metavar="DIR",
-                        help="labelled folder for --max-drop: sub-folders named by class index, "
-                             "label name or WordNet id (with --wnids)")
-    parser.add_argument("--wnids", type=Path, metavar="FILE",
-                        help="WordNet ids in class order, e.g. ImageNet's LOC_synset_mapping.txt")
+    parser.add_argument(
+        "--calib",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="calibration image folders, image files and/or video files",
+    )
+    parser.add_argument(
+        "--subset-size",
+        type=int,
+        default=300,
+        help="calibration samples (default 300, NNCF's guidance)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="performance",
+        help="NNCF preset: performance (default, symmetric) or mixed",
+    )
+    parser.add_argument(
+        "--fast-bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fast bias correction (default on)",
+    )
+    parser.add_argument(
+        "--frames-per-video",
+        type=int,
+        default=media.DEFAULT_FRAMES_PER_VIDEO,
+        help=f"frames sampled evenly from each video (default {media.DEFAULT_FRAMES_PER_VIDEO})",
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        help="accuracy control: largest absolute top-1 drop allowed on --val (e.g. 0.01)",
+    )
+    parser.add_argument(
+        "--val",
+        type=Path,
+        metavar="DIR",
+        help="labelled folder for --max-drop: sub-folders named by class index, "
+        "label name or WordNet id (with --wnids)",
+    )
+    parser.add_argument(
+        "--wnids",
+        type=Path,
+        metavar="FILE",
+        help="WordNet ids in class order, e.g. ImageNet's LOC_synset_mapping.txt",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    options = QuantizeOptions(args.subset_size, args.preset, args.fast_bias_correction,
-                              args.frames_per_video, args.max_drop, args.val, args.wnids)
+    options = QuantizeOptions(
+        args.subset_size,
+        args.preset,
+        args.fast_bias_correction,
+        args.frames_per_video,
+        args.max_drop,
+        args.val,
+        args.wnids,
+    )
     summary = quantize_folder(args.folder, args.calib, options)
-    print(f"wrote {summary['output']}: {summary['size_mb']} MB "
-          f"({summary['size_vs_fp32']:.0%} of FP32), {summary['samples']} calibration samples, "
-          f"{len(summary['weighted_ops_in_float'])}/{summary['weighted_ops']} weighted ops in float")
+    print(
+        f"wrote {summary['output']}: {summary['size_mb']} MB "
+        f"({summary['size_vs_fp32']:.0%} of FP32), {summary['samples']} calibration samples, "
+        f"{len(summary['weighted_ops_in_float'])}/{summary['weighted_ops']} weighted ops in float"
+    )
     ac = summary["accuracy_control"]
     if ac:
-        print(f"accuracy control: top-1 FP32 {ac['fp32_top1']:.1%} -> INT8 {ac['int8_top1']:.1%} "
-              f"on {ac['val_samples']} samples; reverted to float: "
-              f"{', '.join(ac['reverted_to_float']) or 'none'}")
+        print(
+            f"accuracy control: top-1 FP32 {ac['fp32_top1']:.1%} -> INT8 {ac['int8_top1']:.1%} "
+            f"on {ac['val_samples']} samples; reverted to float: "
+            f"{', '.join(ac['reverted_to_float']) or 'none'}"
+        )
     sys.stdout.flush()
     return 0

@@ -40,15 +40,18 @@ def ir_logits(info: ModelInfo, frames: np.ndarray) -> np.ndarray:
 def torch_logits(source: Any, frames: np.ndarray) -> np.ndarray:
     from model_prep.parity import torch_logits as run
 
-    return np.concatenate([run(source, frames[i : i + TORCH_BATCH])
-                           for i in range(0, len(frames), TORCH_BATCH)])
+    return np.concatenate(
+        [run(source, frames[i : i + TORCH_BATCH]) for i in range(0, len(frames), TORCH_BATCH)]
+    )
 
 
 def accuracy(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     """Top-1 and top-5 accuracy."""
     top5 = np.argsort(-logits, axis=1)[:, :5]
-    return {"top1": float((top5[:, 0] == targets).mean()),
-            "top5": float((top5 == targets[:, None]).any(axis=1).mean())}
+    return {
+        "top1": float((top5[:, 0] == targets).mean()),
+        "top5": float((top5 == targets[:, None]).any(axis=1).mean()),
+    }
 
 
 def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
@@ -79,9 +82,13 @@ def is_labelled(paths: list[Path]) -> bool:
     return bool(entries) and all(e.is_dir() for e in entries)
 
 
-def validate_folder(folder: Path, images: list[Path], mode: str = "auto",
-                    wnids: Path | None = None,
-                    frames_per_video: int = media.DEFAULT_FRAMES_PER_VIDEO) -> dict[str, Any]:
+def validate_folder(
+    folder: Path,
+    images: list[Path],
+    mode: str = "auto",
+    wnids: Path | None = None,
+    frames_per_video: int = media.DEFAULT_FRAMES_PER_VIDEO,
+) -> dict[str, Any]:
     """Run every variant on the same prepared frames and return the report as a dict."""
     found = precisions.present(folder, "validate")
     ref = precisions.reference(found)
@@ -93,8 +100,9 @@ def validate_folder(folder: Path, images: list[Path], mode: str = "auto",
         data = media.labelled_folder(images[0], ref.labels, ref.geometry, wnids, frames_per_video)
         frame_set, targets = data.frames, np.array(data.targets)
     else:
-        frame_set = media.load_frames(media.find_media(images, "validation"), ref.geometry,
-                                      frames_per_video, "loading images")
+        frame_set = media.load_frames(
+            media.find_media(images, "validation"), ref.geometry, frames_per_video, "loading images"
+        )
         media.report_skipped(frame_set, "validation")
     frames = frame_set.array()
     source, why = precisions.torch_source(ref)
@@ -109,16 +117,21 @@ def validate_folder(folder: Path, images: list[Path], mode: str = "auto",
         row: dict[str, Any] = {"variant": name}
         if targets is not None:
             row.update(accuracy(values, targets))
-            row["top1_drop_vs_ref"] = (accuracy(logits[ref_name], targets)["top1"] - row["top1"])
+            row["top1_drop_vs_ref"] = accuracy(logits[ref_name], targets)["top1"] - row["top1"]
         row["vs_ref"] = fidelity(logits[ref_name], values)
         if "PyTorch" in logits:
             row["vs_pytorch"] = fidelity(logits["PyTorch"], values)
         rows.append(row)
     ref_probs = softmax(logits[ref_name]).max(1)
     return {
-        "model": ref.name, "arch": ref.arch, "folder": str(folder),
-        "mode": "labelled" if labelled else "unlabelled", "samples": len(frames),
-        "files": len(frame_set.used), "skipped": frame_set.skipped, "reference": ref_name,
+        "model": ref.name,
+        "arch": ref.arch,
+        "folder": str(folder),
+        "mode": "labelled" if labelled else "unlabelled",
+        "samples": len(frames),
+        "files": len(frame_set.used),
+        "skipped": frame_set.skipped,
+        "reference": ref_name,
         "reference_mean_top1_prob": float(ref_probs.mean()),
         "confident_threshold": CONFIDENT,
         "pytorch": {"available": source is not None, "reason": why},
@@ -133,14 +146,19 @@ def _pct(x: float | None) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables (accuracy in labelled mode, fidelity always)."""
     ref = report["reference"]
-    lines = [f"### {report['model']}: {report['samples']} frames from {report['files']} files "
-             f"({report['mode']}), reference {ref} "
-             f"(mean top-1 probability {report['reference_mean_top1_prob']:.2f})", ""]
+    lines = [
+        f"### {report['model']}: {report['samples']} frames from {report['files']} files "
+        f"({report['mode']}), reference {ref} "
+        f"(mean top-1 probability {report['reference_mean_top1_prob']:.2f})",
+        "",
+    ]
     if report["mode"] == "labelled":
         lines += [f"| variant | top-1 | top-5 | top-1 drop vs {ref} |", "|---|---:|---:|---:|"]
         for r in report["rows"]:
-            lines.append(f"| {r['variant']} | {_pct(r['top1'])} | {_pct(r['top5'])} | "
-                         f"{100 * r['top1_drop_vs_ref']:+.1f} pt |")
+            lines.append(
+                f"| {r['variant']} | {_pct(r['top1'])} | {_pct(r['top5'])} | "
+                f"{100 * r['top1_drop_vs_ref']:+.1f} pt |"
+            )
         lines.append("")
     lines += [
         f"| variant | top-1 agree {ref} | on confident (n) | {ref} top-1 in top-5 | mean KL | "
@@ -149,8 +167,14 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         f, t = r["vs_ref"], r.get("vs_pytorch")
-        torch_cols = (f"{_pct(t['top1_agreement'])} | "
-                      f"{t['max_abs_dlogit']:.3g} / {t['mean_abs_dlogit']:.3g}") if t else "– | –"
+        torch_cols = (
+            (
+                f"{_pct(t['top1_agreement'])} | "
+                f"{t['max_abs_dlogit']:.3g} / {t['mean_abs_dlogit']:.3g}"
+            )
+            if t
+            else "– | –"
+        )
         lines.append(
             f"| {r['variant']} | {_pct(f['top1_agreement'])} | "
             f"{_pct(f['confident_agreement'])} ({f['confident_frames']}) | "
@@ -175,21 +199,39 @@ def write_report(folder: Path, report: dict[str, Any], text: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, metavar="DIR", help="model folder (fp32/, fp16/, int8/)")
-    parser.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH",
-                        help="image folders/files and videos; or one folder of class sub-folders")
-    parser.add_argument("--mode", choices=("auto", "labelled", "unlabelled"), default="auto",
-                        help="auto (default): labelled when --images is one folder holding only "
-                             "sub-folders")
-    parser.add_argument("--wnids", type=Path, metavar="FILE",
-                        help="WordNet ids in class order, for sub-folders named like n01440764")
-    parser.add_argument("--frames-per-video", type=int, default=media.DEFAULT_FRAMES_PER_VIDEO,
-                        help="frames sampled evenly from each video")
+    parser.add_argument(
+        "folder", type=Path, metavar="DIR", help="model folder (fp32/, fp16/, int8/)"
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="image folders/files and videos; or one folder of class sub-folders",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "labelled", "unlabelled"),
+        default="auto",
+        help="auto (default): labelled when --images is one folder holding only sub-folders",
+    )
+    parser.add_argument(
+        "--wnids",
+        type=Path,
+        metavar="FILE",
+        help="WordNet ids in class order, for sub-folders named like n01440764",
+    )
+    parser.add_argument(
+        "--frames-per-video",
+        type=int,
+        default=media.DEFAULT_FRAMES_PER_VIDEO,
+        help="frames sampled evenly from each video",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_folder(args.folder, args.images, args.mode, args.wnids,
-                             args.frames_per_video)
+    report = validate_folder(args.folder, args.images, args.mode, args.wnids, args.frames_per_video)
     text = markdown(report)
     out = write_report(args.folder, report, text)
     print(text)

@@ -1,0 +1,37 @@
+"""model-prep bench: every row measured in one run (speed is printed, never asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_prep.bench import BenchOptions
+from stream.errors import UserError
+from tests.conftest import run_cli
+from tests.model_prep.conftest import read_json
+
+
+@pytest.mark.slow
+def test_bench_reports_every_row(lite0_int8, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli(
+        "model-prep", "bench", str(lite0_int8[0]), "--duration", "0.5", "--json", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)
+    result = read_json(out)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["PyTorch eager FP32", "OpenVINO FP32", "OpenVINO FP16", "OpenVINO INT8"]
+    for row in rows.values():
+        assert row["latency_median_ms"] > 0 and row["latency_p90_ms"] >= row["latency_median_ms"]
+        assert row["throughput_fps"] > 0 and row["requests"] >= 1 and row["size_mb"] > 0
+        assert row["speedup_vs_pytorch"] > 0
+        assert f"| {row['variant']} |" in proc.stdout
+    assert rows["PyTorch eager FP32"]["speedup_vs_pytorch"] == 1.0
+    assert rows["OpenVINO FP32"]["speedup_vs_fp32"] == 1.0
+    assert rows["OpenVINO INT8"]["size_mb"] <= 0.3 * rows["OpenVINO FP32"]["size_mb"]
+    assert result["duration_s"] == 0.5 and result["cores"] >= 1
+
+
+def test_duration_must_be_positive():
+    with pytest.raises(UserError, match="--duration must be positive"):
+        BenchOptions(duration=0)
