@@ -105,6 +105,10 @@ class Supervisor:
         self._listener: Any = None
         self._started_at = 0.0
         self._stop_at: float | None = None
+        self._captures_started = False
+        self._early_stop = False
+        self._spawn: Any = None
+        self._log_queue: Any = None
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -125,14 +129,30 @@ class Supervisor:
 
         self._listener = logging.handlers.QueueListener(log_queue, _Forward())
         self._listener.start()
-        level = logging.getLogger().getEffectiveLevel()
+        self._spawn = spawn
+        self._log_queue = log_queue
         self._started_at = time.monotonic()
+        # Captures start once the rest is ready, so no frame waits for model compilation and
+        # capture timestamps (hence latencies) mean what they say.
         for state in self.states.values():
-            state.process = spawn.Process(
-                target=stage_main, args=(state.stage, log_queue, level),
-                name=state.name, daemon=True,
-            )
-            state.process.start()
+            if not state.is_capture:
+                self._start_process(state)
+
+    def _start_process(self, state: StageState) -> None:
+        level = logging.getLogger().getEffectiveLevel()
+        state.process = self._spawn.Process(
+            target=stage_main, args=(state.stage, self._log_queue, level),
+            name=state.name, daemon=True,
+        )
+        state.process.start()
+
+    def _start_captures_when_ready(self) -> None:
+        if self._captures_started or self.failure is not None or self.stopping:
+            return
+        if all(s.ready for s in self.states.values() if not s.is_capture):
+            self._captures_started = True
+            for state in self.capture_states():
+                self._start_process(state)
 
     @property
     def pids(self) -> dict[str, int]:
@@ -143,7 +163,9 @@ class Supervisor:
     @property
     def finished(self) -> bool:
         """Every stage has exited and been accounted for (or the run failed)."""
-        return all(s.judged for s in self.states.values())
+        return all(s.judged or s.process is None for s in self.states.values()) and (
+            self._captures_started or self.failure is not None or self.stopping
+        )
 
     def step(self, timeout_ms: int = 200) -> list[bytes]:
         """Handle reports, exits and timeouts; returns the result records that arrived (JSON)."""
@@ -165,6 +187,7 @@ class Supervisor:
                     results.append(bytes(parts[1].buffer))
                 else:
                     log.warning("supervisor: rejected a malformed result on the sink link")
+        self._start_captures_when_ready()
         self._check_processes()
         self._check_timeouts()
         return results
@@ -213,6 +236,8 @@ class Supervisor:
             if not state.final and now - state.exited_at < FINAL_REPORT_WAIT_S:
                 continue
             state.judged = True
+            if self._early_stop:
+                continue
             if code == 0 and (state.complete or (state.is_capture and self.stopping)):
                 continue
             if code == 0 and self.failure is not None:
@@ -265,6 +290,12 @@ class Supervisor:
         self.stopping = True
         self.interrupted = True
         self._stop_at = time.monotonic()
+        if not self._captures_started:  # nothing read yet: just stop the stages that run
+            self._early_stop = True
+            for state in self.states.values():
+                if state.process is not None and state.process.exitcode is None:
+                    state.process.terminate()
+            return
         for state in self.states.values():
             if state.is_capture and state.process is not None and state.process.exitcode is None:
                 state.process.terminate()  # SIGTERM: the capture sends its end of stream and exits

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Pipeline benchmark: end-to-end FPS against the honest ceiling of this machine, in one run.
+
+    .venv/bin/python benchmarks/pipeline_bench.py --model models/resnet50   # picks int8/
+
+For each generated H.264 clip (1080p and 640x360 by default) it measures:
+- pure inference FPS of the same IR (AsyncInferQueue, THROUGHPUT hint, no decoding);
+- decode-only CPU per frame (PyAV, same threading as capture; process CPU time), and decode plus
+  the early downscale+BGR conversion capture actually does;
+- limit = 1 / (1/pure_fps + decode_cpu_s_per_frame / cores), the ceiling when decoding and
+  inference share the cores, and the pipeline's ratio to it;
+- the pipeline's end-to-end FPS (steady state: results after the first, over the time between
+  the first and the last publish; the wall time including start-up is reported too);
+- the naive single-process loop (cv2.VideoCapture, cv2 resize via prepare, synchronous infer);
+- peak memory of all pipeline processes (sampled RSS sum) and capture->publish latency p50/p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stream import Pipeline, PipelineConfig  # noqa: E402
+from stream.capture import scaled_bgr  # noqa: E402
+from stream.geometry import prepare  # noqa: E402
+from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def make_clip(folder: Path, width: int, height: int, frames: int, fps: int = 25) -> Path:
+    path = folder / f"bench_{width}x{height}_{fps}fps_{frames}f.mp4"
+    if not path.exists():
+        spec = importlib.util.spec_from_file_location("make_sample", ROOT / "samples/make_sample.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        module.write_clip(path, width, height, fps, frames)
+    return path
+
+
+def pure_inference_fps(info: ModelInfo, device: str, frames: int) -> tuple[float, int]:
+    """FPS of AsyncInferQueue with the optimal number of requests on one prepared frame."""
+    import openvino as ov
+
+    compiled = compile_model(info, device, "throughput")
+    nreq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, nreq)
+    outputs: list[np.ndarray] = []
+    queue.set_callback(lambda req, _: outputs.append(req.get_output_tensor(0).data.copy()))
+    tensor = np.random.default_rng(0).integers(
+        0, 256, (1, info.geometry.height, info.geometry.width, 3), dtype=np.uint8
+    )
+    for _ in range(nreq * 2):  # warm-up
+        queue.start_async({0: tensor})
+    queue.wait_all()
+    start = time.perf_counter()
+    for _ in range(frames):
+        queue.start_async({0: tensor})
+    queue.wait_all()
+    return frames / (time.perf_counter() - start), nreq
+
+
+def decode_cpu_per_frame(clip: Path, info: ModelInfo, scale: bool) -> float:
+    """Process CPU seconds per frame to decode the clip (and, with `scale`, downscale to BGR)."""
+    start = cpu_seconds()
+    n = 0
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if scale:
+                scaled_bgr(frame, info.geometry)
+            n += 1
+    return (cpu_seconds() - start) / n
+
+
+def naive_loop_fps(clip: Path, info: ModelInfo, device: str) -> float:
+    """The seed's loop: OpenCV capture, full-size resize, synchronous inference, one process."""
+    compiled = compile_model(info, device, "latency")
+    request = compiled.create_infer_request()
+    cap = cv2.VideoCapture(str(clip))
+    n = 0
+    start = time.perf_counter()
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            request.infer({0: prepare(frame, info.geometry)[None]})
+            request.get_output_tensor(0).data.copy()
+            n += 1
+    finally:
+        cap.release()
+    return n / (time.perf_counter() - start)
+
+
+def tree_rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def pipeline_run(clip: Path, model: str, device: str, workdir: Path) -> dict[str, Any]:
+    out = workdir / f"{clip.stem}.jsonl"
+    config = PipelineConfig(sources=[str(clip)], model=model, device=device, publish=None,
+                            output=str(out))
+    pipeline = Pipeline(config)
+    peak = [0.0]
+
+    def sample(p: Pipeline) -> None:
+        peak[0] = max(peak[0], tree_rss_mb([os.getpid(), *p.pids.values()]))
+
+    wall_start = time.perf_counter()
+    summary = pipeline.run(progress=sample, progress_interval_s=0.2)
+    wall = time.perf_counter() - wall_start
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    publish = [r["publish_ts"] for r in records]
+    latency = sorted(r["latency_ms"] for r in records)
+    steady = (len(records) - 1) / (publish[-1] - publish[0])
+    return {
+        "frames": len(records),
+        "fps": steady,
+        "fps_with_startup": len(records) / wall,
+        "latency_p50_ms": statistics.median(latency),
+        "latency_p95_ms": latency[min(len(latency) - 1, int(0.95 * len(latency)))],
+        "peak_rss_mb_sampled": peak[0],
+        "sum_stage_max_rss_mb": sum(s.get("max_rss_mb", 0) for s in summary.stages.values()),
+        "stage_cpu_s": {k: v.get("cpu_s") for k, v in summary.stages.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model folder (a parent picks int8/)")
+    parser.add_argument("--device", default="CPU")
+    parser.add_argument("--sizes", default="1920x1080,640x360", help="clip sizes, WxH,WxH")
+    parser.add_argument("--frames", type=int, default=250, help="frames per clip")
+    parser.add_argument("--pure-frames", type=int, default=300, help="frames for pure inference")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ovstream-bench"))
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    info = load_info(args.model)
+    cores = os.cpu_count() or 1
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    clips = [make_clip(workdir, w, h, args.frames) for w, h in sizes]
+
+    print(f"model {info.name} {info.precision} ({info.path}), device {args.device}, {cores} cores",
+          flush=True)
+    rows = []
+    for clip, (w, h) in zip(clips, sizes):
+        pure, nreq = pure_inference_fps(info, args.device, args.pure_frames)
+        decode = decode_cpu_per_frame(clip, info, scale=False)
+        decode_scale = decode_cpu_per_frame(clip, info, scale=True)
+        limit = 1.0 / (1.0 / pure + decode / cores)
+        pipe = pipeline_run(clip, str(info.path), args.device, workdir)
+        naive = naive_loop_fps(clip, info, args.device)
+        row = {
+            "clip": f"{w}x{h}", "frames": pipe["frames"], "requests": nreq, "pure_fps": pure,
+            "decode_ms": decode * 1e3, "decode_scale_ms": decode_scale * 1e3, "limit_fps": limit,
+            "pipeline_fps": pipe["fps"], "ratio": pipe["fps"] / limit, "naive_fps": naive, **pipe,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    header = (f"{'clip':>9} {'pure':>6} {'dec ms':>6} {'dec+sc':>6} {'limit':>6} {'pipe':>6} "
+              f"{'ratio':>5} {'naive':>6} {'wall*':>6} {'p50 ms':>7} {'p95 ms':>7} {'peak MB':>8}")
+    print("\n" + header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['clip']:>9} {r['pure_fps']:6.1f} {r['decode_ms']:6.2f} {r['decode_scale_ms']:6.2f}"
+              f" {r['limit_fps']:6.1f} {r['pipeline_fps']:6.1f} {r['ratio']:5.2f} {r['naive_fps']:6.1f}"
+              f" {r['fps_with_startup']:6.1f} {r['latency_p50_ms']:7.1f} {r['latency_p95_ms']:7.1f}"
+              f" {r['peak_rss_mb_sampled']:8.0f}")
+    print("pure = AsyncInferQueue THROUGHPUT FPS; dec ms = decode-only CPU ms/frame; dec+sc = with "
+          "capture's downscale; limit = 1/(1/pure + dec/cores); pipe = steady-state end-to-end FPS;"
+          " wall* = FPS including start-up; peak MB = sampled RSS sum of all processes")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
