@@ -53,6 +53,8 @@ class Row:
     requests: int
     """Parallel infer requests in the throughput run (1 for PyTorch)."""
     size_mb: float
+    runs_as: str = "f32"
+    """Precision the float parts actually run in (OpenVINO picks bf16 on AMX CPUs by default)."""
     speedup_vs_pytorch: float | None = None
     """Throughput relative to PyTorch eager."""
     speedup_vs_fp32: float | None = None
@@ -80,22 +82,38 @@ def timed_loop(step: Callable[[], Any], duration: float) -> tuple[list[float], f
     return times, now - start
 
 
-def ov_latency(core: Any, info: ModelInfo, frame: np.ndarray, opts: BenchOptions) -> list[float]:
-    """Per-inference milliseconds with the LATENCY hint, batch 1, one request."""
-    compiled = core.compile_model(str(info.xml), opts.device, {"PERFORMANCE_HINT": "LATENCY"})
+def _compile(core: Any, info: ModelInfo, opts: BenchOptions, hint: str, f32: bool) -> Any:
+    config = {"PERFORMANCE_HINT": hint}
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return core.compile_model(str(info.xml), opts.device, config)
+
+
+def ov_latency(
+    core: Any, info: ModelInfo, frame: np.ndarray, opts: BenchOptions, f32: bool = False
+) -> tuple[list[float], str]:
+    """(per-inference ms, precision it runs as) with the LATENCY hint, batch 1, one request."""
+    compiled = _compile(core, info, opts, "LATENCY", f32)
     request = compiled.create_infer_request()
     request.set_input_tensor(0, _tensor(frame))
     times, _ = timed_loop(request.infer, opts.duration)
-    return times
+    return times, runs_as(compiled)
+
+
+def runs_as(compiled: Any) -> str:
+    try:
+        return str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+    except RuntimeError:  # a device without the property
+        return "default"
 
 
 def ov_throughput(
-    core: Any, info: ModelInfo, frame: np.ndarray, opts: BenchOptions
+    core: Any, info: ModelInfo, frame: np.ndarray, opts: BenchOptions, f32: bool = False
 ) -> tuple[float, int]:
     """(frames per second, requests) with the THROUGHPUT hint and an AsyncInferQueue."""
     import openvino as ov
 
-    compiled = core.compile_model(str(info.xml), opts.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+    compiled = _compile(core, info, opts, "THROUGHPUT", f32)
     nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     queue = ov.AsyncInferQueue(compiled, nireq)
     done = [0]
@@ -147,6 +165,15 @@ def torch_row(source: Any, frame: np.ndarray, opts: BenchOptions) -> Row:
     )
 
 
+def ov_row(
+    core: Any, variant: str, info: ModelInfo, frame: np.ndarray, opts: BenchOptions, f32: bool
+) -> Row:
+    times, precision = ov_latency(core, info, frame, opts, f32)
+    fps, nireq = ov_throughput(core, info, frame, opts, f32)
+    median, p90 = float(np.median(times)), float(np.percentile(times, 90))
+    return Row(variant, median, p90, fps, nireq, ir_size_mb(info), precision)
+
+
 def bench_folder(folder: Path, opts: BenchOptions) -> dict[str, Any]:
     """Measure every row for the model in `folder`; returns the table and machine facts."""
     import openvino as ov
@@ -157,23 +184,16 @@ def bench_folder(folder: Path, opts: BenchOptions) -> dict[str, Any]:
     frame = rng.integers(0, 256, (ref.geometry.height, ref.geometry.width, 3), dtype=np.uint8)
     core = ov.Core()
     rows: list[Row] = []
+    load_before = os.getloadavg()
     source, why = precisions.torch_source(ref)
     if source is not None:
         rows.append(torch_row(source, frame, opts))
         del source
     for name, info in found.items():
-        times = ov_latency(core, info, frame, opts)
-        fps, nireq = ov_throughput(core, info, frame, opts)
-        rows.append(
-            Row(
-                f"OpenVINO {name.upper()}",
-                float(np.median(times)),
-                float(np.percentile(times, 90)),
-                fps,
-                nireq,
-                ir_size_mb(info),
-            )
-        )
+        rows.append(ov_row(core, f"OpenVINO {name.upper()}", info, frame, opts, False))
+        if name == "fp32" and rows[-1].runs_as != "f32":
+            # The device runs FP32 IRs in bf16 (AMX) by default: also show true f32.
+            rows.append(ov_row(core, "OpenVINO FP32, f32 forced", info, frame, opts, True))
     torch_fps = rows[0].throughput_fps if rows[0].variant.startswith("PyTorch") else None
     fp32_fps = next((r.throughput_fps for r in rows if r.variant == "OpenVINO FP32"), None)
     for r in rows:
@@ -189,6 +209,7 @@ def bench_folder(folder: Path, opts: BenchOptions) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "openvino": ov.__version__,
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "pytorch": {"available": torch_fps is not None, "reason": why},
         "rows": [asdict(r) for r in rows],
     }
@@ -203,16 +224,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"### {result['model']} on {result['cpu']} ({result['cores']} cores), "
         f"{result['duration_s']:g} s per measurement, OpenVINO {result['openvino']}",
         "",
-        "| variant | latency median (ms) | latency p90 (ms) | throughput (FPS) | requests | "
-        "size (MB) | speed-up vs PyTorch | vs FP32 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | runs as | latency median (ms) | latency p90 (ms) | throughput (FPS) | "
+        "requests | size (MB) | speed-up vs PyTorch | vs FP32 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['variant']} | {r['latency_median_ms']:.1f} | {r['latency_p90_ms']:.1f} | "
+            f"| {r['variant']} | {r['runs_as']} | {r['latency_median_ms']:.1f} | "
+            f"{r['latency_p90_ms']:.1f} | "
             f"{r['throughput_fps']:.1f} | {r['requests']} | {r['size_mb']:.1f} | "
             f"{_x(r['speedup_vs_pytorch'])} | {_x(r['speedup_vs_fp32'])} |"
         )
+    load = result["load_average_1min"]
+    lines += [
+        "",
+        "Speed-ups are throughput ratios; 'vs FP32' is against the OpenVINO FP32 row as the "
+        "device runs it by default. 1-minute load average before/after: "
+        f"{load['before']:.2f}/{load['after']:.2f} on {result['cores']} cores.",
+    ]
     if not result["pytorch"]["available"]:
         lines += ["", f"PyTorch row left out: {result['pytorch']['reason']}"]
     return "\n".join(lines) + "\n"
