@@ -45,6 +45,8 @@ class InferConfig:
     """Infer requests in flight; 0 = the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS."""
     ov_config: dict[str, Any] = field(default_factory=dict)
     """Extra OpenVINO properties (e.g. NUM_STREAMS, INFERENCE_NUM_THREADS)."""
+    mode: str = "throughput"
+    """Performance hint: `throughput` (default) or `latency` (lowest delay per frame)."""
 
 
 def check_tensor(arr: np.ndarray, shape: tuple[int, ...]) -> str | None:
@@ -111,7 +113,7 @@ class InferStage(Stage):
         cfg = self.config
         info = load_info(cfg.model)
         check_model_reads(info.xml)
-        compiled = compile_model(info, cfg.device, "throughput", cfg.ov_config)
+        compiled = compile_model(info, cfg.device, cfg.mode, cfg.ov_config)
         nreq = cfg.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         shape = (info.geometry.height, info.geometry.width, 3)
         self._queue = ov.AsyncInferQueue(compiled, nreq)
