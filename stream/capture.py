@@ -8,14 +8,21 @@ OpenCV, and keeps the frames on the wire small; `stream.geometry.prepare` then o
 
 Corrupt packets are skipped and counted, decoding goes on. A source that cannot be read at all
 sends an end-of-stream carrying the error, so the rest of the pipeline (and the other sources)
-go on. Live sources (a later issue) plug in at `open_source` (network options, reconnect around
-`decode_frames`) and at `CaptureStage._send_frame` (drop the oldest frame instead of blocking).
+go on.
+
+A live source (RTSP, HLS, UDP, RTMP, a V4L2 device; see `stream.live`) is read differently: the
+reconnect loop `live.live_frames` wraps `decode_frames`, and frames go through a one-frame
+`LatestSlot` to a sender thread that sends only when the pipeline has room, so a saturated
+pipeline drops frames (counted) and always classifies the newest one instead of falling behind.
+Both kinds publish status events (connecting, connected, disconnected, ...) to the publish stage
+over the `status` link.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +36,15 @@ import zmq
 from stream import messages
 from stream.errors import UserError
 from stream.geometry import Geometry
+from stream.live import (
+    LatestSlot,
+    LiveOptions,
+    Stalled,
+    default_stream_id,
+    is_live_url,
+    live_frames,
+    scrub,
+)
 from stream.stage import Stage
 from stream.transport import TransportConfig, send
 
@@ -37,40 +53,62 @@ log = logging.getLogger(__name__)
 MAX_DEMUX_ERRORS = 100
 THREAD_TYPES = ("AUTO", "FRAME", "SLICE", "NONE")
 EOS_SEND_TIMEOUT_S = 10.0
+STATUS_HWM = 1000
+RESERVED_PREFIX = messages.STATUS_TOPIC_PREFIX.rstrip("/")
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One input: a stream id and where to read it from."""
+    """One input: a stream id, where to read it from, and per-source settings."""
 
     stream_id: str
     """Id of the stream: the PUB topic and `stream_id` of its results."""
     url: str
-    """A file path (or, later, a camera URL)."""
+    """A file path, a stream URL (rtsp://, http(s)://, udp://, rtmp://...) or /dev/videoN."""
+    live: bool | None = None
+    """Read as a live source (reconnect, drop to keep up); None = decide from the URL."""
+    fps: float | None = None
+    """Frames per second to classify for this source; None = the pipeline's setting."""
+    options: LiveOptions | None = None
+    """Transport, timeouts and backoff of a live source; None = the pipeline's defaults."""
 
     @classmethod
     def parse(cls, text: str) -> SourceSpec:
-        """`NAME=SOURCE` or just `SOURCE` (the id is then the file stem)."""
+        """`NAME=SOURCE` or just `SOURCE` (the id is then the file stem or the URL's last
+        path segment)."""
         name, sep, rest = text.partition("=")
         if sep and name and "/" not in name and ":" not in name and rest:
             return cls(name, rest)
-        stem = Path(text.split("?", 1)[0].rstrip("/")).stem or "stream"
-        return cls(stem, text)
+        return cls(default_stream_id(text.split("?", 1)[0].rstrip("/")), text)
+
+    @property
+    def is_live(self) -> bool:
+        return is_live_url(self.url) if self.live is None else self.live
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with its password replaced by ***, for anything shown or logged."""
+        return messages.mask_credentials(self.url)
 
 
-def parse_sources(texts: list[str]) -> list[SourceSpec]:
+def parse_sources(texts: list[str | SourceSpec]) -> list[SourceSpec]:
     """Sources with unique stream ids; duplicates are a UserError naming the fix."""
     if not texts:
         raise UserError("no sources given")
-    specs = [SourceSpec.parse(t) for t in texts]
+    specs = [t if isinstance(t, SourceSpec) else SourceSpec.parse(t) for t in texts]
     seen: dict[str, str] = {}
     for spec in specs:
+        if spec.stream_id.startswith(RESERVED_PREFIX):
+            raise UserError(
+                f"stream id {spec.stream_id!r} starts with {RESERVED_PREFIX!r}, which is reserved "
+                f"for status events; name the source with NAME=SOURCE"
+            )
         if spec.stream_id in seen:
             raise UserError(
                 f"two sources would have the stream id {spec.stream_id!r} "
-                f"({seen[spec.stream_id]}, {spec.url}); name them with NAME=SOURCE"
+                f"({seen[spec.stream_id]}, {spec.masked_url}); name them with NAME=SOURCE"
             )
-        seen[spec.stream_id] = spec.url
+        seen[spec.stream_id] = spec.masked_url
     return specs
 
 
@@ -85,7 +123,10 @@ class CaptureConfig:
     fps: float | None = None
     """Sample this many frames per second of video, by pts; None = every frame."""
     thread_type: str = "AUTO"
-    """PyAV/FFmpeg decoder threading: AUTO (frame+slice), FRAME, SLICE or NONE."""
+    """PyAV/FFmpeg decoder threading: AUTO (frame+slice; slice only for live sources, since
+    frame threading holds frames back), FRAME, SLICE or NONE."""
+    live: LiveOptions = field(default_factory=LiveOptions)
+    """How a live source is opened, watched and reconnected (ignored for files)."""
 
     def __post_init__(self) -> None:
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
@@ -159,30 +200,42 @@ def open_source(url: str) -> tuple[Any, Any]:
             raise UserError(f"no such file: {url}")
         if not path.is_file():
             raise UserError(f"not a file: {url}")
+    shown = messages.mask_credentials(url)
     try:
         container = av.open(url, mode="r", timeout=10.0)
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise UserError(f"cannot read {url} as video: {reason}") from None
+        raise UserError(scrub(f"cannot read {shown} as video: {reason}", url)) from None
     if not container.streams.video:
         container.close()
-        raise UserError(f"{url} has no video stream (no frames to classify)")
+        raise UserError(f"{shown} has no video stream (no frames to classify)")
     return container, container.streams.video[0]
 
 
 def decode_frames(
-    container: Any, stream: Any, counters: DecodeCounters
-) -> Iterator[tuple[int, float, av.VideoFrame]]:
-    """(frame_index, pts_seconds, frame) for every frame the decoder yields; skips bad data."""
+    container: Any, stream: Any, counters: DecodeCounters, stall_timeout_s: float | None = None
+) -> Iterator[tuple[int, float | None, av.VideoFrame]]:
+    """(frame_index, pts_seconds, frame) for every frame the decoder yields; skips bad data.
+
+    Files: a missing pts is extrapolated from the frame rate; demux errors are retried.
+    Live (`stall_timeout_s` set): pts stay None when the stream has none; read errors end the
+    connection (the caller reconnects); `Stalled` is raised when packets keep coming but no frame
+    was decoded for `stall_timeout_s`. `counters.decoded` numbers the frames, so indices carry on
+    when the caller passes the same counters to the next connection.
+    """
+    live = stall_timeout_s is not None
     rate = float(stream.average_rate or stream.guessed_rate or 25)
     packets = container.demux(stream)
     last_pts: float | None = None
+    last_frame = time.monotonic()
     while True:
         try:
             packet = next(packets)
         except StopIteration:
             return
         except av.FFmpegError as exc:
+            if live:
+                raise
             counters.demux_errors += 1
             log.debug("demux error %d: %s", counters.demux_errors, exc)
             if counters.demux_errors > MAX_DEMUX_ERRORS:
@@ -196,16 +249,20 @@ def decode_frames(
         except av.FFmpegError as exc:
             counters.decode_errors += 1
             log.debug("decode error %d: %s", counters.decode_errors, exc)
-            continue
+            frames = []
+        if live and not frames and time.monotonic() - last_frame > stall_timeout_s:
+            raise Stalled(f"no frame for {stall_timeout_s} s")
         for frame in frames:
             pts = frame.time
-            if pts is None:
+            if pts is None and not live:
                 pts = 0.0 if last_pts is None else last_pts + 1.0 / rate
-            last_pts = float(pts)
+            if pts is not None:
+                last_pts = float(pts)
             counters.corrupt_frames += int(frame.is_corrupt)
             index = counters.decoded
             counters.decoded += 1
-            yield index, float(pts), frame
+            last_frame = time.monotonic()
+            yield index, None if pts is None else float(pts), frame
 
 
 # ------------------------------------------------------------------------------ the stage
@@ -221,62 +278,190 @@ class CaptureStage(Stage):
         self.config = config
         self.name = f"capture[{config.source.stream_id}]"
         self._out: zmq.Socket | None = None
+        self._status_out: zmq.Socket | None = None
         self._container: Any = None
+        self._counters = DecodeCounters()
+        self._sent = 0
+        self._slot: LatestSlot | None = None
+        self._late_drops = 0
+        self._failures = 0
 
     def run(self) -> None:
         cfg = self.config
         sid = cfg.source.stream_id
-        self._out = self.socket(zmq.PUSH, "frames", bind=False)
+        live = cfg.source.is_live
+        self._out = self.socket(zmq.PUSH, "frames", bind=False, **({"hwm": 1} if live else {}))
+        if "status" in self.endpoints:
+            self._status_out = self.socket(
+                zmq.PUSH, "status", bind=False, hwm=STATUS_HWM, linger_ms=1000
+            )
         self.report(messages.READY)
-        counters = DecodeCounters()
-        sampler = PtsSampler(cfg.fps)
-        self.stats.update(frames=0, decoded=0, skipped=0)
-        seq = 0
-        error: str | None = None
-        stopped = False
-        try:
-            self._container, stream = open_source(cfg.source.url)
-            stream.thread_type = cfg.thread_type
-            for index, pts, frame in decode_frames(self._container, stream, counters):
-                if self.should_stop():
-                    stopped = True
-                    break
-                self.stats["decoded"] = counters.decoded
-                if not sampler.keep(pts):
-                    continue
-                if not self._send_frame(seq, index, pts, scaled_bgr(frame, cfg.geometry)):
-                    stopped = True
-                    break
-                seq += 1
-                self.stats["frames"] = seq
-                self.tick()
-            if counters.decoded == 0 and not stopped:
-                error = f"{cfg.source.url}: no frames could be decoded"
-        except UserError as exc:
-            error = str(exc)
-        except av.FFmpegError as exc:
-            error = f"{cfg.source.url}: {exc}"
-        self.stats.update(frames=seq, decoded=counters.decoded, skipped=counters.skipped)
+        self.stats.update(frames=0, decoded=0, skipped=0, live=live, dropped=0, reconnects=0)
+        if live:
+            error, stopped = self._run_live()
+        else:
+            error, stopped = self._run_file()
+        counters = self._counters
+        seq = self._sent
+        # A live stream's packets before its first keyframe (and what is in the decoder when a
+        # connection drops) never become frames; only packets the decoder rejected count there.
+        skipped = counters.decode_errors if live else counters.skipped
+        self.stats.update(frames=seq, decoded=counters.decoded, skipped=skipped)
         eos = {
             "count": seq,
             "decoded": counters.decoded,
-            "skipped": counters.skipped,
+            "skipped": skipped,
             "decode_errors": counters.decode_errors,
             "corrupt_frames": counters.corrupt_frames,
+            "dropped": self._dropped(),
             "stopped": stopped,
             "error": error,
         }
         self.stats.update(eos)
         if error:
             self.report(messages.ERROR, stream=sid, message=error, source_error=True)
+        self._status("end_of_stream", stopped=stopped)  # before the EOS, which ends publish
         self.complete = self._send_eos(seq, eos)
 
-    def _send_frame(self, seq: int, index: int, pts: float, image: np.ndarray) -> bool:
+    # -- files: lossless, blocking backpressure --------------------------------------------------
+
+    def _run_file(self) -> tuple[str | None, bool]:
+        cfg = self.config
+        url = cfg.source.url
+        counters = self._counters
+        sampler = PtsSampler(cfg.fps)
+        error: str | None = None
+        stopped = False
+        try:
+            self._container, stream = open_source(url)
+            self._status("connected", attempt=1)
+            stream.thread_type = cfg.thread_type
+            for index, pts, frame in decode_frames(self._container, stream, counters):
+                if self.should_stop():
+                    stopped = True
+                    break
+                self.stats["decoded"] = counters.decoded
+                assert pts is not None  # files always have one (extrapolated if missing)
+                if not sampler.keep(pts):
+                    continue
+                if not self._send_frame(self._sent, index, pts, scaled_bgr(frame, cfg.geometry)):
+                    stopped = True
+                    break
+                self._sent += 1
+                self.stats["frames"] = self._sent
+                self.tick()
+            if counters.decoded == 0 and not stopped:
+                error = f"{cfg.source.masked_url}: no frames could be decoded"
+        except UserError as exc:
+            error = scrub(str(exc), url)
+        except av.FFmpegError as exc:
+            error = scrub(f"{url}: {exc}", url)
+        if error:
+            self._status("error", reason=error)
+        return error, stopped
+
+    def _send_frame(self, seq: int, index: int, pts: float | None, image: np.ndarray,
+                    capture_ts: float | None = None) -> bool:
         """Blocks while downstream is busy (files: nothing is dropped); False if stopped."""
-        meta = {"frame_index": index, "pts": pts, "capture_ts": time.time()}
+        meta = {"frame_index": index, "pts": pts, "capture_ts": capture_ts or time.time()}
         parts = messages.encode(messages.FRAME, self.config.source.stream_id, seq, meta, [image])
         assert self._out is not None
         return send(self._out, parts, self.should_stop)
+
+    # -- live: reconnect, never fall behind ------------------------------------------------------
+
+    def _run_live(self) -> tuple[str | None, bool]:
+        """Decode on this thread, send the newest frame from a sender thread; until stopped."""
+        cfg = self.config
+        thread_type = "SLICE" if cfg.thread_type == "AUTO" else cfg.thread_type
+        sampler = PtsSampler(cfg.fps)  # by capture time: live pts restart and jump
+        slot = self._slot = LatestSlot()
+        sender = threading.Thread(target=self._sender, args=(slot,), name="sender", daemon=True)
+        sender.start()
+        error: str | None = None
+        try:
+            frames = live_frames(
+                cfg.source.url, cfg.live, self._counters, decode_frames, self._status,
+                self.should_stop, thread_type, on_open=self._opened,
+            )
+            for index, pts, frame in frames:
+                captured = time.time()
+                if sampler.keep(time.monotonic()):
+                    slot.put((index, pts, captured, frame))
+                self.stats.update(decoded=self._counters.decoded, frames=self._sent,
+                                  dropped=self._dropped())
+                self.tick()
+        except Exception as exc:  # never let a password escape in a crash report
+            error = scrub(f"{type(exc).__name__}: {exc}", cfg.source.url)
+            log.debug("%s: %s", self.name, error)
+        finally:
+            slot.discard()
+            slot.close()
+            sender.join(5.0)
+            self._container = None
+        stopped = self.should_stop()
+        return error, stopped
+
+    def _opened(self, container: Any) -> None:
+        self._container = container
+
+    def _sender(self, slot: LatestSlot) -> None:
+        """Sender thread: whenever preprocess can take a frame, send the newest one."""
+        cfg = self.config
+        sock = self._out
+        assert sock is not None
+        while not slot.closed:
+            if not sock.poll(100, zmq.POLLOUT):
+                continue
+            item = slot.take(0.1)
+            if item is None:
+                continue
+            index, pts, captured, frame = item
+            image = scaled_bgr(frame, cfg.geometry)
+            meta = {"frame_index": index, "pts": pts, "capture_ts": captured}
+            parts = messages.encode(messages.FRAME, cfg.source.stream_id, self._sent, meta, [image])
+            try:
+                sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+                self._sent += 1
+            except zmq.Again:
+                self._late_drops += 1
+
+    def _dropped(self) -> int:
+        return (self._slot.dropped if self._slot is not None else 0) + self._late_drops
+
+    # -- status events ------------------------------------------------------------------------
+
+    def _status(self, event: str, **fields: Any) -> None:
+        """Publish a status event (never blocks; counted if the link is full) and log it."""
+        src = self.config.source
+        if event == "error":
+            self._failures += 1
+        elif event == "connected":
+            self._failures = 0
+        if event == "connecting" and fields.get("attempt", 1) > 1:
+            self.stats["reconnects"] = self.stats.get("reconnects", 0) + 1
+        reason = fields.get("reason")
+        if reason is not None:
+            fields["reason"] = reason = scrub(str(reason), src.url)
+            self.stats["last_error"] = reason
+        record = messages.status_record(
+            src.stream_id, src.url, event, time.time(), frames=self._counters.decoded,
+            sent=self._sent, dropped=self._dropped(), **fields,
+        )
+        self.stats["state"] = event
+        loud = event == "disconnected" or (event == "error" and self._failures == 1)
+        detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "attempt" or loud)
+        log.log(logging.WARNING if loud else logging.INFO, "source %s (%s): %s%s", src.stream_id,
+                src.masked_url, event.replace("_", " "), f" ({detail})" if detail else "")
+        if self._status_out is not None:
+            parts = messages.encode(messages.STATUS, src.stream_id, 0, {"status": record})
+            try:
+                self._status_out.send_multipart(parts, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats["status_dropped"] = self.stats.get("status_dropped", 0) + 1
+        self.tick(force=True)
+
+    # -- end ------------------------------------------------------------------------------------
 
     def _send_eos(self, count: int, meta: dict[str, Any]) -> bool:
         parts = messages.encode(messages.EOS, self.config.source.stream_id, count, meta)
@@ -291,6 +476,7 @@ class CaptureStage(Stage):
         if self._container is not None:
             self._container.close()
             self._container = None
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        for sock in (self._out, self._status_out):
+            if sock is not None:
+                sock.close()
+        self._out = self._status_out = None

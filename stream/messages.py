@@ -28,6 +28,14 @@ WIRE_VERSION = 1
 RESULT_VERSION = 1
 """Version of the public result record (`v` in result.schema.json)."""
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "result.schema.json"
+STATUS_VERSION = 1
+"""Version of the public status event (`v` in status.schema.json)."""
+STATUS_SCHEMA_PATH = Path(__file__).with_name("schemas") / "status.schema.json"
+STATUS_TOPIC_PREFIX = "_status/"
+"""Status events go out on the PUB socket under `_status/<stream_id>`; results under the id."""
+STATUS_EVENTS = (
+    "connecting", "connected", "disconnected", "reconnect_scheduled", "end_of_stream", "error",
+)
 
 # Data kinds flow downstream between stages; control kinds go from a stage to the supervisor.
 FRAME = "frame"  # a decoded (already downscaled) BGR frame, capture -> preprocess
@@ -38,7 +46,8 @@ RESULT = "result"  # a finished result record, publish -> an in-process consumer
 READY = "ready"  # a stage opened its resources
 STATS = "stats"  # a stage's counters (periodic, and final when it exits)
 ERROR = "error"  # a fatal problem in a stage, or a failed source (with `stream`)
-KINDS = (FRAME, TENSOR, LOGITS, EOS, RESULT, READY, STATS, ERROR)
+STATUS = "status"  # a source's status event (meta["status"] is the public record), capture -> publish
+KINDS = (FRAME, TENSOR, LOGITS, EOS, RESULT, READY, STATS, ERROR, STATUS)
 DATA_KINDS = (FRAME, TENSOR, LOGITS)
 
 DTYPES = ("uint8", "float32", "float16", "int32", "int64")
@@ -138,9 +147,10 @@ def decode(parts: list[Any]) -> Message:
     arrays = []
     for spec, part in zip(specs, parts[2:]):
         arrays.append(_array(spec, _buffer(part)))
-    for key in ("pts", "capture_ts"):
-        if key in header and not _is_number(header[key]):
-            raise MessageError(f"header field {key!r} is not a finite number")
+    if "capture_ts" in header and not _is_number(header["capture_ts"]):
+        raise MessageError("header field 'capture_ts' is not a finite number")
+    if "pts" in header and header["pts"] is not None and not _is_number(header["pts"]):
+        raise MessageError("header field 'pts' is neither a finite number nor null")
     meta = {k: v for k, v in header.items() if k not in ("v", "kind", "stream", "seq", "arrays")}
     if kind in DATA_KINDS:
         for key in ("frame_index", "pts", "capture_ts"):
@@ -208,7 +218,7 @@ def result_record(
         "stream_id": stream,
         "source": mask_credentials(source),
         "frame_index": int(meta["frame_index"]),
-        "pts": round(float(meta["pts"]), 6),
+        "pts": None if meta["pts"] is None else round(float(meta["pts"]), 6),
         "capture_ts": round(capture_ts, 6),
         "publish_ts": round(publish_ts, 6),
         "latency_ms": round((publish_ts - capture_ts) * 1000.0, 3),
@@ -216,6 +226,35 @@ def result_record(
         "precision": precision,
         "topk": topk,
     }
+
+
+def status_topic(stream: str) -> str:
+    """The PUB topic of a stream's status events."""
+    return STATUS_TOPIC_PREFIX + stream
+
+
+def status_record(stream: str, source: str, event: str, ts: float, **fields: Any) -> dict[str, Any]:
+    """The public status event of a source, as described by status.schema.json.
+
+    `fields`: frames, sent, dropped (always), and attempt, reason, delay_s, elapsed_ms,
+    stopped where the event has them; None values are left out.
+    """
+    if event not in STATUS_EVENTS:
+        raise ValueError(f"unknown status event {event!r}")
+    record: dict[str, Any] = {
+        "v": STATUS_VERSION,
+        "stream_id": stream,
+        "source": mask_credentials(source),
+        "event": event,
+        "ts": round(ts, 6),
+    }
+    record.update({k: v for k, v in fields.items() if v is not None})
+    return record
+
+
+def load_status_schema() -> dict[str, Any]:
+    """The published JSON Schema of a status event."""
+    return json.loads(STATUS_SCHEMA_PATH.read_text())
 
 
 def dump_result(record: dict[str, Any]) -> bytes:

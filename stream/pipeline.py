@@ -8,6 +8,11 @@
             print(result["stream_id"], result["frame_index"], result["topk"][0]["label"])
     print(pipeline.summary)
 
+Live sources (rtsp://, http(s)://, udp://, rtmp://, /dev/videoN) run until `stop()` (or SIGINT),
+reconnecting as needed; `sources` may mix strings and `SourceSpec`s with per-source settings
+(`stream.sources_file.load_sources_file` reads them from TOML). Their status events
+(stream/schemas/status.schema.json) collect in `pipeline.status_events` while iterating.
+
 `Pipeline.run()` runs to the end without collecting results (they go to `publish` / `output`)
 and returns the same `RunSummary`. A stage that dies raises `PipelineError` naming it.
 """
@@ -29,13 +34,22 @@ from typing import Any
 from stream.capture import CaptureConfig, CaptureStage, SourceSpec, parse_sources
 from stream.errors import UserError
 from stream.infer import InferConfig, InferStage
-from stream.model import load_info
+from stream.live import LiveOptions
+from stream.model import PERFORMANCE_HINTS, load_info
 from stream.preprocess import PreprocessConfig, PreprocessStage
 from stream.publish import DEFAULT_PUBLISH, PublishConfig, PublishStage
 from stream.supervisor import Supervisor
-from stream.transport import TransportConfig, check_endpoint, resolve_endpoints
+from stream.transport import TransportConfig, check_endpoint, free_tcp_port, resolve_endpoints
 
 log = logging.getLogger(__name__)
+
+
+def status_endpoint(endpoints: dict[str, str], transport: TransportConfig) -> str:
+    """Endpoint of the status link (captures -> publish), next to the other links."""
+    frames = endpoints["frames"]
+    if frames.startswith("ipc://"):
+        return frames[: -len("frames.sock")] + "status.sock"
+    return f"tcp://{transport.host}:{free_tcp_port(transport.host)}"
 
 
 class PipelineError(RuntimeError):
@@ -46,8 +60,9 @@ class PipelineError(RuntimeError):
 class PipelineConfig:
     """Everything a run needs; checked on construction."""
 
-    sources: list[str]
-    """Sources as `PATH` or `NAME=PATH` (the stream id defaults to the file stem)."""
+    sources: list[str | SourceSpec]
+    """Sources as `SOURCE` or `NAME=SOURCE` strings (the stream id defaults to the file stem or
+    the URL's last path segment), or `SourceSpec`s with per-source settings."""
     model: str
     """Model folder (a precision folder, or a parent with int8/fp32/fp16 sub-folders)."""
     device: str = "CPU"
@@ -57,7 +72,13 @@ class PipelineConfig:
     output: str | None = None
     """JSON Lines file for results; None = none."""
     fps: float | None = None
-    """Classify this many frames per second of video (sampled by pts); None = every frame."""
+    """Classify this many frames per second (files: by pts; live: by capture time); None = every
+    frame (a live source still drops frames the pipeline has no room for)."""
+    mode: str = "throughput"
+    """OpenVINO performance hint: `throughput` (most frames per second) or `latency` (lowest
+    delay per frame; one request at a time unless `requests` says otherwise)."""
+    live: LiveOptions = field(default_factory=LiveOptions)
+    """Transport, timeouts and backoff of live sources that do not set their own."""
     topk: int = 5
     """Classes per result."""
     requests: int = 0
@@ -80,15 +101,26 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if isinstance(self.sources, str):
             raise UserError("sources must be a list of paths, not one string")
-        self.sources = [str(s) for s in self.sources]
+        self.sources = [s if isinstance(s, SourceSpec) else str(s) for s in self.sources]
         self.specs: list[SourceSpec] = parse_sources(self.sources)
+        if self.mode not in PERFORMANCE_HINTS:
+            raise UserError(f"mode must be one of {sorted(PERFORMANCE_HINTS)}, got {self.mode!r}")
         if self.publish is not None:
             check_endpoint(self.publish)
         if self.topk < 1:
             raise UserError(f"topk must be at least 1, got {self.topk}")
         if self.wait_subscribers < 0:
             raise UserError(f"wait_subscribers must be >= 0, got {self.wait_subscribers}")
-        CaptureConfig(self.specs[0], fps=self.fps, thread_type=self.decoder_threads)  # checks
+        for spec in self.specs:
+            self.capture_config(spec)  # checks fps and threading
+
+    def capture_config(self, spec: SourceSpec, geometry: Any = None) -> CaptureConfig:
+        """The capture settings of one source: its own where it has them, else the pipeline's."""
+        kw = {} if geometry is None else {"geometry": geometry}
+        return CaptureConfig(
+            spec, fps=spec.fps if spec.fps is not None else self.fps,
+            thread_type=self.decoder_threads, live=spec.options or self.live, **kw,
+        )
 
 
 @dataclass
@@ -104,6 +136,14 @@ class SourceReport:
     decoded: int = 0
     skipped: int = 0
     """Frames lost to corrupt data."""
+    live: bool = False
+    """Read as a live source."""
+    dropped: int = 0
+    """Live: frames dropped to keep up with real time."""
+    reconnects: int = 0
+    """Live: connection attempts after the first."""
+    last_error: str | None = None
+    """Live: the last connection problem (the source itself does not fail; it reconnects)."""
     error: str | None = None
     """Why the source failed, if it did."""
     stopped: bool = False
@@ -163,11 +203,12 @@ class Pipeline:
         model_dir = str(info.path)
         self._run_dir = Path(tempfile.mkdtemp(prefix="ovstream-"))
         endpoints = resolve_endpoints(cfg.transport, self._run_dir)
+        endpoints["status"] = status_endpoint(endpoints, cfg.transport)
         streams = [s.stream_id for s in cfg.specs]
         stages = [
             PublishStage(
                 PublishConfig(
-                    model=model_dir, sources={s.stream_id: s.url for s in cfg.specs},
+                    model=model_dir, sources={s.stream_id: s.masked_url for s in cfg.specs},
                     topk=cfg.topk, publish=cfg.publish, output=cfg.output, sink=collect,
                     wait_subscribers=cfg.wait_subscribers,
                     subscriber_timeout_s=cfg.subscriber_timeout_s,
@@ -175,13 +216,15 @@ class Pipeline:
                 cfg.transport, endpoints,
             ),
             InferStage(
-                InferConfig(model_dir, streams, cfg.device, cfg.requests, dict(cfg.ov_config)),
+                InferConfig(
+                    model_dir, streams, cfg.device, cfg.requests, dict(cfg.ov_config), cfg.mode
+                ),
                 cfg.transport, endpoints,
             ),
             PreprocessStage(PreprocessConfig(streams, info.geometry), cfg.transport, endpoints),
         ]
         for spec in cfg.specs:
-            capture = CaptureConfig(spec, info.geometry, cfg.fps, cfg.decoder_threads)
+            capture = cfg.capture_config(spec, info.geometry)
             stages.append(CaptureStage(capture, cfg.transport, endpoints))
         self.supervisor = Supervisor(
             stages, endpoints, cfg.transport, collect=collect,
@@ -189,6 +232,11 @@ class Pipeline:
         )
         self._t0 = time.monotonic()
         self.supervisor.start()
+
+    @property
+    def status_events(self) -> list[dict[str, Any]]:
+        """Status events received so far (when iterating over results), oldest first."""
+        return self.supervisor.status_events if self.supervisor else []
 
     @property
     def pids(self) -> dict[str, int]:
@@ -309,6 +357,9 @@ class Pipeline:
             streams[sid] = {
                 "captured": int(state.stats.get("frames", 0)),
                 "published": int(published.get(sid, 0)),
+                "live": bool(state.stats.get("live", False)),
+                "dropped": int(state.stats.get("dropped", 0)),
+                "state": state.stats.get("state"),
             }
         captured = sum(s["captured"] for s in streams.values())
         done = sum(s["published"] for s in streams.values())
@@ -328,9 +379,11 @@ class Pipeline:
             error = sup.source_errors.get(spec.stream_id) or st.get("error")
             reports.append(
                 SourceReport(
-                    stream_id=spec.stream_id, source=spec.url,
+                    stream_id=spec.stream_id, source=spec.masked_url,
                     frames=int(st.get("frames", 0)), published=int(published.get(spec.stream_id, 0)),
                     decoded=int(st.get("decoded", 0)), skipped=int(st.get("skipped", 0)),
+                    live=spec.is_live, dropped=int(st.get("dropped", 0)),
+                    reconnects=int(st.get("reconnects", 0)), last_error=st.get("last_error"),
                     error=error, stopped=bool(st.get("stopped", False)),
                 )
             )

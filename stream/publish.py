@@ -7,6 +7,10 @@ Lines file, and, for the Python API, to the supervisor over the sink link. The P
 blocks the pipeline: a subscriber too slow for its high-water mark loses messages (counted).
 `wait_subscribers` holds publishing until that many subscriptions arrived (seen through XPUB),
 so a subscriber started first receives every record.
+
+Status events of the sources (stream/schemas/status.schema.json) arrive from the captures on
+the `status` link and go out on the same PUB socket under the topic `_status/<stream_id>`, and to
+the sink for the Python API; they are not written to the JSON Lines file, which holds results.
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ class PublishStage(Stage):
         self._in: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self._sink: zmq.Socket | None = None
+        self._status: zmq.Socket | None = None
         self._file: IO[str] | None = None
 
     def run(self) -> None:
@@ -128,16 +133,19 @@ class PublishStage(Stage):
                 raise UserError(f"cannot write {cfg.output}: {exc.strerror}") from None
         if cfg.sink:
             self._sink = self.socket(zmq.PUSH, "sink", bind=False)
+        if "status" in self.endpoints:
+            self._status = self.socket(zmq.PULL, "status", bind=True, hwm=1000, linger_ms=0)
         self.report(messages.READY)
         self._wait_for_subscribers()
 
         tracker = StreamTracker(list(cfg.sources), ordered=False)
         orders = {s: Reorderer() for s in cfg.sources}
         published = {s: 0 for s in cfg.sources}
-        self.stats.update(published=published, lost=0, pub_dropped=0, subscriptions=0)
+        self.stats.update(published=published, lost=0, pub_dropped=0, subscriptions=0, status=0)
         while not tracker.done and not self.should_stop():
             self.tick()
             self._drain_subscriptions()
+            self._forward_status()
             msg, problem = self._receive()
             if msg is None:
                 if problem:
@@ -168,8 +176,35 @@ class PublishStage(Stage):
                 if not self._emit(record):
                     return
                 published[msg.stream] += 1
+        self._forward_status()
         self.complete = tracker.done
         self.tick(force=True)
+
+    def _forward_status(self) -> None:
+        """Publish every status event waiting on the status link (never blocks)."""
+        if self._status is None:
+            return
+        while True:
+            msg, problem = receive_message(self._status, 0)
+            if msg is None:
+                if problem:
+                    self.reject(problem)
+                    continue
+                return
+            record = msg.meta.get("status")
+            if msg.kind != messages.STATUS or not isinstance(record, dict):
+                self.reject(f"unexpected {msg.kind} message on the status link")
+                continue
+            self.stats["status"] += 1
+            data = messages.dump_result(record)
+            topic = messages.status_topic(msg.stream).encode()
+            if self._pub is not None:
+                try:
+                    self._pub.send_multipart([topic, data], flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    self.stats["pub_dropped"] += 1
+            if self._sink is not None:
+                send(self._sink, [topic, data], self.should_stop)
 
     def _receive(self) -> tuple[messages.Message | None, str | None]:
         assert self._in is not None
@@ -223,7 +258,7 @@ class PublishStage(Stage):
         if self._file is not None:
             self._file.close()
             self._file = None
-        for sock in (self._in, self._pub, self._sink):
+        for sock in (self._in, self._pub, self._sink, self._status):
             if sock is not None:
                 sock.close()
-        self._in = self._pub = self._sink = None
+        self._in = self._pub = self._sink = self._status = None

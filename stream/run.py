@@ -1,9 +1,14 @@
-"""Classify every frame of one or more videos in the streaming pipeline and publish the results.
+"""Classify the frames of videos and cameras in the streaming pipeline and publish the results.
 
     ovstream run cam1=front.mp4 back.mp4 --model models/resnet50 --output results.jsonl
+    ovstream run door=rtsp://user:pass@10.0.0.5/stream1 --model models/resnet50 --fps 5
+    ovstream run --config cams.toml --model models/resnet50 --mode latency
 
-Results go out on a ZeroMQ PUB socket (topic = stream id; `ovstream subscribe` reads them) and,
-with --output, to a JSON Lines file. Ctrl-C stops reading, publishes what is in flight, exit 0.
+Files are read once, every frame. Live sources (rtsp://, http(s):// HLS, udp://, rtmp://,
+/dev/videoN) run until Ctrl-C: they reconnect with backoff when the stream drops or stalls, and
+drop frames rather than fall behind real time. Results go out on a ZeroMQ PUB socket (topic =
+stream id; status events under `_status/<stream id>`; `ovstream subscribe` reads both) and, with
+--output, to a JSON Lines file. Ctrl-C stops reading, publishes what is in flight, exit 0.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import sys
 from typing import TextIO
 
 from stream.errors import UserError
+from stream.live import LiveOptions
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, RunSummary
 from stream.publish import DEFAULT_PUBLISH
+from stream.sources_file import ConfigError, load_sources_file
 from stream.transport import TransportConfig
 
 PROG = "ovstream"
@@ -31,15 +38,20 @@ def positive_float(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="video file, or NAME=FILE to choose its stream id (default: file stem)")
+    parser.add_argument("sources", nargs="*", metavar="SOURCE",
+                        help="video file, stream URL (rtsp://, http(s)://, udp://, rtmp://) or "
+                        "/dev/videoN; NAME=SOURCE chooses its stream id (default: file stem)")
+    parser.add_argument("--config", "-c", metavar="FILE.toml",
+                        help="read the sources and their settings from a TOML file")
     parser.add_argument("--model", "-m", required=True, metavar="DIR",
                         help="model folder (made by model-prep; a parent picks int8, fp32, fp16)")
     parser.add_argument("--publish", default=DEFAULT_PUBLISH, metavar="ENDPOINT",
                         help=f"PUB endpoint to bind, or 'none' (default {DEFAULT_PUBLISH})")
     parser.add_argument("--output", "-o", metavar="FILE.jsonl", help="also write results here")
     parser.add_argument("--fps", type=positive_float, metavar="F",
-                        help="classify F frames per second of video (sampled by pts)")
+                        help="classify F frames per second (files: by pts; live: by capture time)")
+    parser.add_argument("--mode", choices=("throughput", "latency"), default="throughput",
+                        help="OpenVINO hint: most frames per second (default) or lowest delay")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU; AUTO, GPU...)")
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes per result")
     parser.add_argument("--requests", type=int, default=0, metavar="N",
@@ -49,14 +61,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                         help="links between stages: ipc sockets in a temp dir (default) or tcp")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    live = parser.add_argument_group("live sources (defaults for every live source)")
+    d = LiveOptions()
+    live.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=d.transport,
+                      help=f"RTSP transport (default {d.transport})")
+    live.add_argument("--open-timeout", type=positive_float, default=d.open_timeout_s, metavar="S",
+                      help=f"give up a connection attempt after S s (default {d.open_timeout_s:g})")
+    live.add_argument("--stall-timeout", type=positive_float, default=d.stall_timeout_s,
+                      metavar="S", help="reconnect after S s without a frame "
+                      f"(default {d.stall_timeout_s:g})")
+    live.add_argument("--backoff-max", type=positive_float, default=d.backoff_max_s, metavar="S",
+                      help="longest wait between reconnect attempts; waits start at "
+                      f"{d.backoff_initial_s:g} s and double (default {d.backoff_max_s:g})")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     publish = None if str(args.publish).lower() in ("none", "") else args.publish
+    live = LiveOptions(
+        transport=args.rtsp_transport, open_timeout_s=args.open_timeout,
+        stall_timeout_s=args.stall_timeout, backoff_max_s=args.backoff_max,
+        backoff_initial_s=min(LiveOptions().backoff_initial_s, args.backoff_max),
+    )
+    sources: list = list(args.sources)
+    if args.config:
+        sources += load_sources_file(args.config, base=live)
+    if not sources:
+        raise UserError("no sources: give SOURCE arguments or --config FILE.toml")
     return PipelineConfig(
-        sources=list(args.sources), model=args.model, device=args.device, publish=publish,
+        sources=sources, model=args.model, device=args.device, publish=publish,
         output=args.output, fps=args.fps, topk=args.topk, requests=args.requests,
         wait_subscribers=args.wait_subscribers, transport=TransportConfig(scheme=args.transport),
+        mode=args.mode, live=live,
     )
 
 
@@ -86,7 +121,13 @@ class Progress:
             t0, n0 = self.prev.get(sid, (0.0, 0))
             fps = (counts["published"] - n0) / (now - t0) if now > t0 else 0.0
             self.prev[sid] = (now, counts["published"])
-            parts.append(f"{sid} {counts['published']} ({fps:.1f} fps)")
+            text = f"{sid} {counts['published']} ({fps:.1f} fps"
+            if counts.get("live"):
+                text += f", {counts['dropped']} dropped"
+                state = counts.get("state")
+                if state and state != "connected":
+                    text += f", {str(state).replace('_', ' ')}"
+            parts.append(text + ")")
         line = f"[{now:6.1f}s] " + " | ".join(parts) + f" | in flight {snap['in_flight']}"
         if self.tty:
             self.out.write("\r" + line.ljust(self.width))
@@ -113,11 +154,15 @@ def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
     width = max(len(s.stream_id) for s in summary.sources)
     for s in summary.sources:
         state = "FAILED" if s.error else "stopped" if s.stopped else "ok"
+        live = f"  {s.dropped:6d} dropped  {s.reconnects:3d} reconnects" if s.live else ""
         print(f"  {s.stream_id:<{width}}  {s.published:6d} results  {s.decoded:6d} decoded  "
-              f"{s.skipped:4d} skipped  {state}", file=out)
+              f"{s.skipped:4d} skipped{live}  {state}", file=out)
     for s in summary.sources:
         if s.error:
             print(f"{PROG}: error: source {s.stream_id}: {s.error}", file=out)
+        elif s.live and s.published == 0 and s.last_error:
+            print(f"{PROG}: warning: source {s.stream_id}: no frames; last problem: "
+                  f"{s.last_error}", file=out)
         elif s.skipped:
             print(f"{PROG}: warning: source {s.stream_id}: {s.skipped} frame(s) skipped "
                   f"(corrupt data), {s.published} classified", file=out)
@@ -129,7 +174,12 @@ def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
     pipeline = Pipeline(config)
     progress = Progress(sys.stderr, enabled=not args.no_progress)
     try:

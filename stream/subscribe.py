@@ -1,6 +1,10 @@
 """Print the results a running pipeline publishes, one JSON object per line.
 
     ovstream subscribe tcp://127.0.0.1:5556 --topic cam1 | jq .topk[0].label
+    ovstream subscribe --status-only          # connecting, connected, disconnected... events
+
+Status events (stream/schemas/status.schema.json) are published under `_status/<stream id>`;
+`--status` prints them among the results, `--status-only` prints nothing else.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from typing import Any
 import zmq
 
 from stream.errors import UserError
+from stream.messages import STATUS_TOPIC_PREFIX
 from stream.publish import DEFAULT_PUBLISH
 from stream.transport import check_endpoint
 
 log = logging.getLogger(__name__)
 
 PROG = "ovstream subscribe"
+EVENTS = ("results", "status", "all")
 
 
 class SubscribeTimeout(Exception):
@@ -33,19 +39,27 @@ def subscribe(
     topic: str | None = None,
     timeout_s: float | None = None,
     raw: bool = False,
+    events: str = "results",
 ) -> Iterator[Any]:
     """Yield result records (dicts, or the JSON bytes with `raw`) from a pipeline's PUB socket.
 
-    `topic` keeps one stream id (exactly, not as a prefix). `timeout_s` raises SubscribeTimeout
-    when that long passes without a result; None waits for ever. Malformed messages are skipped
-    with a warning.
+    `topic` keeps one stream id (exactly, not as a prefix). `events`: `results` (default),
+    `status` (status events only) or `all` (both, as they arrive). `timeout_s` raises
+    SubscribeTimeout when that long passes without a message; None waits for ever. Malformed
+    messages are skipped with a warning.
     """
     check_endpoint(endpoint)
+    if events not in EVENTS:
+        raise UserError(f"events must be one of {EVENTS}, got {events!r}")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 100000)
-    sock.setsockopt(zmq.SUBSCRIBE, topic.encode() if topic else b"")
+    status_prefix = STATUS_TOPIC_PREFIX.encode()
+    if events in ("results", "all"):
+        sock.setsockopt(zmq.SUBSCRIBE, topic.encode() if topic else b"")
+    if events == "status" or (events == "all" and topic):
+        sock.setsockopt(zmq.SUBSCRIBE, status_prefix + (topic.encode() if topic else b""))
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
@@ -64,15 +78,21 @@ def subscribe(
             if len(parts) != 2:
                 log.warning("skipped a message with %d parts (expected 2)", len(parts))
                 continue
-            if topic is not None and parts[0] != topic.encode():
+            is_status = parts[0].startswith(status_prefix)
+            if is_status and events == "results" or not is_status and events == "status":
+                continue
+            stream_id = parts[0][len(status_prefix):] if is_status else parts[0]
+            if topic is not None and stream_id != topic.encode():
                 continue  # ZeroMQ filters by prefix; keep the exact stream id only
             try:
                 record = json.loads(parts[1])
             except ValueError:
                 log.warning("skipped a message that is not JSON")
                 continue
-            if not isinstance(record, dict) or record.get("stream_id") != parts[0].decode("utf-8", "replace"):
-                log.warning("skipped a message that is not a result record")
+            if not isinstance(record, dict) or record.get("stream_id") != stream_id.decode(
+                "utf-8", "replace"
+            ):
+                log.warning("skipped a message that is not a result record or status event")
                 continue
             if deadline is not None:
                 deadline = time.monotonic() + timeout_s  # type: ignore[operator]
@@ -86,7 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("endpoint", nargs="?", default=DEFAULT_PUBLISH,
                         help=f"the pipeline's PUB endpoint (default {DEFAULT_PUBLISH})")
     parser.add_argument("--topic", metavar="STREAM_ID", help="only this stream's results")
-    parser.add_argument("--count", type=int, metavar="N", help="exit after N results")
+    parser.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--status", dest="events", action="store_const", const="all",
+                      default="results", help="also print the sources' status events")
+    kind.add_argument("--status-only", dest="events", action="store_const", const="status",
+                      help="print only status events (connecting, disconnected, ...)")
     parser.add_argument("--timeout", type=float, metavar="S",
                         help="give up after S seconds without a result (exit 1)")
 
@@ -97,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     got = 0
     out = sys.stdout.buffer
     try:
-        for data in subscribe(args.endpoint, args.topic, args.timeout, raw=True):
+        for data in subscribe(args.endpoint, args.topic, args.timeout, raw=True,
+                              events=args.events):
             out.write(data + b"\n")
             out.flush()
             got += 1

@@ -12,6 +12,7 @@ pipeline, and `failure` names the stage and the reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import signal
@@ -27,6 +28,7 @@ from stream.transport import TransportConfig, open_socket, receive
 
 log = logging.getLogger(__name__)
 
+STATUS_PREFIX = messages.STATUS_TOPIC_PREFIX.encode()
 JOIN_TIMEOUT_S = 5.0
 FINAL_REPORT_WAIT_S = 2.0
 
@@ -96,6 +98,8 @@ class Supervisor:
         self.failure_is_user_error = False
         """The failing stage reported a user error (bad model, endpoint in use), not a crash."""
         self.source_errors: dict[str, str] = {}
+        self.status_events: list[dict[str, Any]] = []
+        """Status events of the sources that reached the sink (collect=True only), in order."""
         self.rejected_control = 0
         self.stopping = False
         self.interrupted = False
@@ -183,7 +187,12 @@ class Supervisor:
                 parts = receive(self._sink, 0)
                 if parts is None:
                     break
-                if len(parts) == 2:
+                if len(parts) == 2 and bytes(parts[0].buffer).startswith(STATUS_PREFIX):
+                    try:
+                        self.status_events.append(json.loads(bytes(parts[1].buffer)))
+                    except ValueError:
+                        log.warning("supervisor: rejected a malformed status event on the sink")
+                elif len(parts) == 2:
                     results.append(bytes(parts[1].buffer))
                 else:
                     log.warning("supervisor: rejected a malformed result on the sink link")
