@@ -1,0 +1,318 @@
+"""Live sources against a real GStreamer RTSP server: real-time classification, a server killed
+and restarted, a server down at start, a stalled stream, bad URLs, a slow model on a fast stream,
+and a password that must never show. Pipelines run as `ovstream run` subprocesses; the test
+subscribes to their PUB socket for results and status events. Every wait has a timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import zmq
+
+from stream import Pipeline, PipelineConfig
+from stream.live import LiveOptions
+from stream.messages import load_schema, load_status_schema
+from stream.transport import free_tcp_port
+from tests.conftest import ROOT
+from tests.rtsp.fixtures import rtsp_server  # noqa: F401
+
+pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
+
+PASSWORD = "p@ss:w/rd"
+EXIT_TIMEOUT_S = 20.0
+
+
+class LiveRun:
+    """`ovstream run ... --publish tcp://...` in a subprocess, with a subscriber collecting
+    results and status events (held until it subscribed: --wait-subscribers 1)."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+        self.jsonl = tmp_path / "results.jsonl"
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.results: list[dict] = []
+        self.status: list[dict] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "-v", "run", *args, "--publish", self.endpoint,
+             "--output", str(self.jsonl), "--wait-subscribers", "1", "--no-progress"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.sub.connect(self.endpoint)
+        self.out = self.err = ""
+
+    def collect(self, until, timeout_s: float, what: str) -> None:
+        """Read messages until `until(self)` is true; fail after `timeout_s` or if the run ends."""
+        deadline = time.monotonic() + timeout_s
+        while not until(self):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout_s} s waiting for {what}; "
+                            f"status: {[e['event'] for e in self.status]}")
+            if self.proc.poll() is not None:
+                self.out, self.err = self.proc.communicate(timeout=5)
+                pytest.fail(f"ovstream exited ({self.proc.returncode}) waiting for {what}:\n{self.err}")
+            if self.sub.poll(200):
+                topic, data = self.sub.recv_multipart()
+                record = json.loads(data)
+                (self.status if topic.startswith(b"_status/") else self.results).append(record)
+
+    def events(self, stream: str | None = None) -> list[str]:
+        return [e["event"] for e in self.status if stream is None or e["stream_id"] == stream]
+
+    def interrupt(self) -> float:
+        """SIGINT; returns how long the run took to exit (fails after EXIT_TIMEOUT_S)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.out, self.err = self.proc.communicate(timeout=EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.out, self.err = self.proc.communicate(timeout=5)
+            pytest.fail(f"ovstream did not exit within {EXIT_TIMEOUT_S} s of SIGINT:\n{self.err}")
+        # what was published between the last read and the exit
+        while self.sub.poll(300):
+            topic, data = self.sub.recv_multipart()
+            (self.status if topic.startswith(b"_status/") else self.results).append(json.loads(data))
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=5)
+        self.sub.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    runs: list[LiveRun] = []
+
+    def start(*args: str) -> LiveRun:
+        run = LiveRun(tmp_path, *args)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.close()
+
+
+@pytest.fixture(scope="module")
+def clip(clip_factory) -> Path:
+    """4 s at 25 fps with a keyframe every second (clients join at a keyframe); loops forever."""
+    return clip_factory(320, 180, 25, 100, name="live", gop=25)
+
+
+def indices(records: list[dict], stream: str | None = None) -> list[int]:
+    return [r["frame_index"] for r in records if stream is None or r["stream_id"] == stream]
+
+
+def strictly_increasing(values: list[int]) -> bool:
+    return all(b > a for a, b in zip(values, values[1:]))
+
+
+def test_real_time_classification_and_the_password_never_shows(rtsp_server, clip, model, live_run):
+    server = rtsp_server(file=clip, path="/cam", user="alice", password=PASSWORD)
+    wrong = server.url_for(password="WrongPass99")
+    run = live_run(f"cam={server.url_for()}", f"bad={wrong}", "--model", str(model),
+                   "--backoff-max", "1")
+    run.collect(lambda r: len(indices(r.results, "cam")) >= 75, 60, "75 results")
+    run.collect(lambda r: r.events("bad").count("error") >= 2, 20, "two failed logins")
+    assert run.interrupt() < 10
+    assert run.proc.returncode == 0, run.err
+
+    cam = [r for r in run.results if r["stream_id"] == "cam"]
+    assert strictly_increasing(indices(cam))
+    # real time: results come at the stream's rate, with a small, steady delay
+    span = cam[-1]["capture_ts"] - cam[0]["capture_ts"]
+    assert 0.5 * 25 < (len(cam) - 1) / span < 1.5 * 25
+    latencies = sorted(r["latency_ms"] for r in cam)
+    assert latencies[len(latencies) // 2] < 500, latencies
+    schema, status_schema = load_schema(), load_status_schema()
+    for record in cam:
+        jsonschema.validate(record, schema)
+    for event in run.status:
+        jsonschema.validate(event, status_schema)
+    assert run.events("cam")[:2] == ["connecting", "connected"]
+    assert run.events("cam")[-1] == "end_of_stream"
+    bad_errors = [e["reason"] for e in run.status if e["stream_id"] == "bad" and e["event"] == "error"]
+    assert all("401" in reason for reason in bad_errors), bad_errors
+    assert any("alice:***@" in e["source"] for e in run.status)
+    # never printed, published or written anywhere, in any encoding
+    everything = run.out + run.err + run.jsonl.read_text() + json.dumps(run.status)
+    for secret in (PASSWORD, "p%40ss", "WrongPass99"):
+        assert secret not in everything
+    assert "bad" in run.err and "cam" in run.err  # the summary names both sources
+
+
+def test_server_killed_and_restarted_mid_stream(rtsp_server, clip, model, live_run):
+    server = rtsp_server(file=clip, path="/cam")
+    run = live_run(f"cam={server.url}", "--model", str(model), "--backoff-max", "1")
+    run.collect(lambda r: len(r.results) >= 25, 60, "25 results")
+    server.kill()
+    run.collect(lambda r: "disconnected" in r.events(), 20, "the disconnect")
+    before = max(indices(run.results))
+    run.collect(lambda r: r.events().count("reconnect_scheduled") >= 2, 20, "retries")
+    server.start()
+    run.collect(lambda r: max(indices(r.results)) > before + 25, 30, "results after the restart")
+    run.interrupt()
+    assert run.proc.returncode == 0, run.err
+
+    assert strictly_increasing(indices(run.results))
+    events = run.events()
+    first_drop = events.index("disconnected")
+    assert events[:2] == ["connecting", "connected"]
+    assert events[first_drop + 1] == "reconnect_scheduled"
+    assert "connected" in events[first_drop:]
+    assert events[first_drop:].count("error") >= 1  # refused while the server was down
+    drop = run.status[first_drop]
+    assert drop["reason"] and drop["frames"] > 25
+    delays = [e["delay_s"] for e in run.status if e["event"] == "reconnect_scheduled"]
+    assert max(delays) <= 1.0
+    assert "1 reconnect" in run.err or "reconnects" in run.err
+
+
+def test_server_down_at_start_backs_off_then_connects(rtsp_server, clip, model, live_run):
+    server = rtsp_server(file=clip, path="/cam")
+    server.stop()  # keeps its port: start() comes back on it
+    run = live_run(f"cam={server.url}", "--model", str(model), "--backoff-max", "2")
+    run.collect(lambda r: r.events().count("reconnect_scheduled") >= 4, 30, "four retries")
+    delays = [e["delay_s"] for e in run.status if e["event"] == "reconnect_scheduled"]
+    assert delays[:4] == [0.5, 1.0, 2.0, 2.0]  # exponential, capped
+    reasons = {e["reason"] for e in run.status if e["event"] == "error"}
+    assert all("refused" in r.lower() for r in reasons), reasons
+    server.start()
+    back = time.time()
+    run.collect(lambda r: len(r.results) >= 10, 30, "results once the server is up")
+    connected = [e["ts"] for e in run.status if e["event"] == "connected"]
+    assert connected and connected[0] - back < 2.0 + 2.0  # backoff cap + 2 s
+    run.interrupt()
+    assert run.proc.returncode == 0, run.err
+
+
+def test_a_stalled_stream_is_reconnected_by_the_watchdog(rtsp_server, clip, model, live_run):
+    server = rtsp_server(file=clip, path="/cam")
+    run = live_run(f"cam={server.url}", "--model", str(model), "--stall-timeout", "1.5",
+                   "--open-timeout", "2", "--backoff-max", "1")
+    run.collect(lambda r: len(r.results) >= 25, 60, "25 results")
+    server.stall()
+    run.collect(lambda r: "disconnected" in r.events(), 15, "the watchdog")
+    drop = next(e for e in run.status if e["event"] == "disconnected")
+    assert drop["reason"].startswith("stalled"), drop
+    before = max(indices(run.results))
+    server.resume()
+    run.collect(lambda r: max(indices(r.results)) > before + 25, 30, "results after the stall")
+    run.interrupt()
+    assert run.proc.returncode == 0, run.err
+    assert strictly_increasing(indices(run.results))
+
+
+def test_wrong_path_refused_port_and_a_silent_server_then_sigint(rtsp_server, clip, model, live_run):
+    server = rtsp_server(file=clip, path="/cam")
+    silent = socket.socket()  # accepts TCP connections, never answers: the open timeout acts
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        run = live_run(
+            f"nopath={server.url.replace('/cam', '/nope')}",
+            f"refused=rtsp://127.0.0.1:{free_tcp_port()}/cam",
+            f"silent=rtsp://127.0.0.1:{silent.getsockname()[1]}/cam",
+            "--model", str(model), "--open-timeout", "2", "--backoff-max", "1",
+        )
+        run.collect(lambda r: all(r.events(s).count("error") >= 2 for s in ("nopath", "refused")),
+                    30, "two failures each")
+        run.collect(lambda r: "connecting" in r.events("silent"), 10, "a connection attempt")
+        took = run.interrupt()
+    finally:
+        silent.close()
+    assert run.proc.returncode == 0, run.err
+    assert took < 2 + 6, took  # at most the open timeout, plus draining
+    reasons = {e["stream_id"]: e["reason"] for e in run.status if e["event"] == "error"}
+    assert "404" in reasons["nopath"], reasons
+    assert "refused" in reasons["refused"].lower(), reasons
+    assert run.results == []
+    assert "Traceback" not in run.err
+    for stream in ("nopath", "refused", "silent"):
+        assert run.events(stream)[-1] == "end_of_stream"
+        assert f"source {stream}: no frames; last problem" in run.err or stream == "silent"
+
+
+def test_a_slow_model_on_a_fast_stream_drops_frames_and_latency_stays_bounded(
+    rtsp_server, clip_factory, resnet50_random
+):
+    """FP32 ResNet50 forced to f32 with one request (~75 ms a frame here) on a 50 fps stream."""
+    clip = clip_factory(320, 180, 50, 200, name="fast", gop=50)
+    server = rtsp_server(file=clip, path="/fast")
+    config = PipelineConfig(
+        sources=[f"fast={server.url}"], model=str(resnet50_random / "fp32"), publish=None,
+        requests=1, mode="latency", ov_config={"INFERENCE_PRECISION_HINT": "f32"},
+        live=LiveOptions(stall_timeout_s=5),
+    )
+    records: list[dict] = []
+    with Pipeline(config) as pipeline:
+        for record in pipeline:
+            records.append(record)
+            if len(records) == 60:
+                pipeline.stop()
+    summary = pipeline.summary
+    assert summary.exit_code == 0
+    source = summary.sources[0]
+    assert source.dropped > 0 and source.decoded > len(records) + source.dropped // 2
+    assert source.published == len(records)
+    assert strictly_increasing(indices(records))
+    # bounded: the later results are no later than the early ones (no queue building up)
+    lat = [r["latency_ms"] for r in records]
+    early, late = sorted(lat[10:30]), sorted(lat[-20:])
+    assert late[len(late) // 2] < max(3 * early[len(early) // 2], 500), (early, late)
+    assert max(lat[10:]) < 2000, lat
+    # the frames that were classified are spread over the stream, not the first ones queued
+    gaps = [b - a for a, b in zip(indices(records), indices(records)[1:])]
+    assert sum(gaps) / len(gaps) > 1.5
+    assert pipeline.status_events and pipeline.status_events[0]["event"] == "connecting"
+
+
+def test_sources_file_runs_the_listed_cameras(rtsp_server, clip, model, tmp_path, live_run):
+    server = rtsp_server(file=clip, path="/cam", user="bob", password=PASSWORD)
+    os.environ["OVS_TEST_CAM_PW"] = "p%40ss%3Aw%2Frd"
+    cams = tmp_path / "cams.toml"
+    cams.write_text(
+        "[defaults]\nfps = 5\nstall_timeout = 3\n\n"
+        f'[[source]]\nname = "door"\nurl = "rtsp://bob:${{OVS_TEST_CAM_PW}}@127.0.0.1:{server.port}/cam"\n'
+        'transport = "udp"\n'
+    )
+    try:
+        run = live_run("--config", str(cams), "--model", str(model))
+        run.collect(lambda r: len(r.results) >= 8, 60, "8 sampled results")
+        run.interrupt()
+    finally:
+        del os.environ["OVS_TEST_CAM_PW"]
+    assert run.proc.returncode == 0, run.err
+    assert {r["stream_id"] for r in run.results} == {"door"}
+    ts = [r["capture_ts"] for r in run.results]
+    rate = (len(ts) - 1) / (ts[-1] - ts[0])
+    assert 2.5 < rate < 7.5, rate  # --fps 5 by capture time
+    assert PASSWORD not in run.out + run.err + run.jsonl.read_text()
+
+
+def test_a_bad_sources_file_gives_one_line_per_problem(tmp_path, model):
+    cams = tmp_path / "cams.toml"
+    cams.write_text("[[source]]\nurl = 'rtsp://c/x'\nfps = 0\n[[source]]\nname = 'y'\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "run", "--config", str(cams), "--model", str(model)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("ovstream: error: ") for line in lines), lines
+    assert "'fps' must be a positive number" in lines[0] and "'url' is required" in lines[1]
