@@ -164,7 +164,9 @@ class Stage:
                 self._control.close()
                 self._control = None
             if self._ctx is not None:
-                self._ctx.term()
+                # destroy, not term: a socket left open (a bug, or an exception in run) must
+                # not keep the process alive past its linger.
+                self._ctx.destroy(linger=self.transport.linger_ms)
                 self._ctx = None
 
 
