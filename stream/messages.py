@@ -46,7 +46,7 @@ RESULT = "result"  # a finished result record, publish -> an in-process consumer
 READY = "ready"  # a stage opened its resources
 STATS = "stats"  # a stage's counters (periodic, and final when it exits)
 ERROR = "error"  # a fatal problem in a stage, or a failed source (with `stream`)
-STATUS = "status"  # a source's status event (meta["status"] is the public record), capture -> publish
+STATUS = "status"  # a source status event (meta["status"]: the public record), capture -> publish
 KINDS = (FRAME, TENSOR, LOGITS, EOS, RESULT, READY, STATS, ERROR, STATUS)
 DATA_KINDS = (FRAME, TENSOR, LOGITS)
 

@@ -96,3 +96,7 @@ def bad_inputs(tmp_path_factory, clip_factory) -> dict[str, Path]:
 def model(lite0_model) -> Path:
     """The model the stream tests run: the pretrained EfficientNet-Lite0, FP32."""
     return lite0_model / "fp32"
+
+
+# The real RTSP server, for test_live.py.
+from tests.rtsp.fixtures import rtsp_server  # noqa: E402, F401

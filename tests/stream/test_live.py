@@ -23,7 +23,6 @@ from stream.live import LiveOptions
 from stream.messages import load_schema, load_status_schema
 from stream.transport import free_tcp_port
 from tests.conftest import ROOT
-from tests.rtsp.fixtures import rtsp_server  # noqa: F401
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
 
@@ -45,9 +44,25 @@ class LiveRun:
         self.results: list[dict] = []
         self.status: list[dict] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "-v", "run", *args, "--publish", self.endpoint,
-             "--output", str(self.jsonl), "--wait-subscribers", "1", "--no-progress"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "stream.cli",
+                "-v",
+                "run",
+                *args,
+                "--publish",
+                self.endpoint,
+                "--output",
+                str(self.jsonl),
+                "--wait-subscribers",
+                "1",
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.sub.connect(self.endpoint)
         self.out = self.err = ""
@@ -57,11 +72,15 @@ class LiveRun:
         deadline = time.monotonic() + timeout_s
         while not until(self):
             if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout_s} s waiting for {what}; "
-                            f"status: {[e['event'] for e in self.status]}")
+                pytest.fail(
+                    f"timed out after {timeout_s} s waiting for {what}; "
+                    f"status: {[e['event'] for e in self.status]}"
+                )
             if self.proc.poll() is not None:
                 self.out, self.err = self.proc.communicate(timeout=5)
-                pytest.fail(f"ovstream exited ({self.proc.returncode}) waiting for {what}:\n{self.err}")
+                pytest.fail(
+                    f"ovstream exited ({self.proc.returncode}) waiting for {what}:\n{self.err}"
+                )
             if self.sub.poll(200):
                 topic, data = self.sub.recv_multipart()
                 record = json.loads(data)
@@ -83,7 +102,9 @@ class LiveRun:
         # what was published between the last read and the exit
         while self.sub.poll(300):
             topic, data = self.sub.recv_multipart()
-            (self.status if topic.startswith(b"_status/") else self.results).append(json.loads(data))
+            (self.status if topic.startswith(b"_status/") else self.results).append(
+                json.loads(data)
+            )
         return time.monotonic() - t0
 
     def close(self) -> None:
@@ -119,14 +140,15 @@ def indices(records: list[dict], stream: str | None = None) -> list[int]:
 
 
 def strictly_increasing(values: list[int]) -> bool:
-    return all(b > a for a, b in zip(values, values[1:]))
+    return all(b > a for a, b in zip(values, values[1:], strict=False))
 
 
 def test_real_time_classification_and_the_password_never_shows(rtsp_server, clip, model, live_run):
     server = rtsp_server(file=clip, path="/cam", user="alice", password=PASSWORD)
     wrong = server.url_for(password="WrongPass99")
-    run = live_run(f"cam={server.url_for()}", f"bad={wrong}", "--model", str(model),
-                   "--backoff-max", "1")
+    run = live_run(
+        f"cam={server.url_for()}", f"bad={wrong}", "--model", str(model), "--backoff-max", "1"
+    )
     run.collect(lambda r: len(indices(r.results, "cam")) >= 75, 60, "75 results")
     run.collect(lambda r: r.events("bad").count("error") >= 2, 20, "two failed logins")
     assert run.interrupt() < 10
@@ -146,7 +168,9 @@ def test_real_time_classification_and_the_password_never_shows(rtsp_server, clip
         jsonschema.validate(event, status_schema)
     assert run.events("cam")[:2] == ["connecting", "connected"]
     assert run.events("cam")[-1] == "end_of_stream"
-    bad_errors = [e["reason"] for e in run.status if e["stream_id"] == "bad" and e["event"] == "error"]
+    bad_errors = [
+        e["reason"] for e in run.status if e["stream_id"] == "bad" and e["event"] == "error"
+    ]
     assert all("401" in reason for reason in bad_errors), bad_errors
     assert any("alice:***@" in e["source"] for e in run.status)
     # never printed, published or written anywhere, in any encoding
@@ -203,8 +227,17 @@ def test_server_down_at_start_backs_off_then_connects(rtsp_server, clip, model, 
 
 def test_a_stalled_stream_is_reconnected_by_the_watchdog(rtsp_server, clip, model, live_run):
     server = rtsp_server(file=clip, path="/cam")
-    run = live_run(f"cam={server.url}", "--model", str(model), "--stall-timeout", "1.5",
-                   "--open-timeout", "2", "--backoff-max", "1")
+    run = live_run(
+        f"cam={server.url}",
+        "--model",
+        str(model),
+        "--stall-timeout",
+        "1.5",
+        "--open-timeout",
+        "2",
+        "--backoff-max",
+        "1",
+    )
     run.collect(lambda r: len(r.results) >= 25, 60, "25 results")
     server.stall()
     run.collect(lambda r: "disconnected" in r.events(), 15, "the watchdog")
@@ -218,7 +251,9 @@ def test_a_stalled_stream_is_reconnected_by_the_watchdog(rtsp_server, clip, mode
     assert strictly_increasing(indices(run.results))
 
 
-def test_wrong_path_refused_port_and_a_silent_server_then_sigint(rtsp_server, clip, model, live_run):
+def test_wrong_path_refused_port_and_a_silent_server_then_sigint(
+    rtsp_server, clip, model, live_run
+):
     server = rtsp_server(file=clip, path="/cam")
     silent = socket.socket()  # accepts TCP connections, never answers: the open timeout acts
     silent.bind(("127.0.0.1", 0))
@@ -228,10 +263,18 @@ def test_wrong_path_refused_port_and_a_silent_server_then_sigint(rtsp_server, cl
             f"nopath={server.url.replace('/cam', '/nope')}",
             f"refused=rtsp://127.0.0.1:{free_tcp_port()}/cam",
             f"silent=rtsp://127.0.0.1:{silent.getsockname()[1]}/cam",
-            "--model", str(model), "--open-timeout", "2", "--backoff-max", "1",
+            "--model",
+            str(model),
+            "--open-timeout",
+            "2",
+            "--backoff-max",
+            "1",
         )
-        run.collect(lambda r: all(r.events(s).count("error") >= 2 for s in ("nopath", "refused")),
-                    30, "two failures each")
+        run.collect(
+            lambda r: all(r.events(s).count("error") >= 2 for s in ("nopath", "refused")),
+            30,
+            "two failures each",
+        )
         run.collect(lambda r: "connecting" in r.events("silent"), 10, "a connection attempt")
         took = run.interrupt()
     finally:
@@ -255,8 +298,12 @@ def test_a_slow_model_on_a_fast_stream_drops_frames_and_latency_stays_bounded(
     clip = clip_factory(320, 180, 50, 200, name="fast", gop=50)
     server = rtsp_server(file=clip, path="/fast")
     config = PipelineConfig(
-        sources=[f"fast={server.url}"], model=str(resnet50_random / "fp32"), publish=None,
-        requests=1, mode="latency", ov_config={"INFERENCE_PRECISION_HINT": "f32"},
+        sources=[f"fast={server.url}"],
+        model=str(resnet50_random / "fp32"),
+        publish=None,
+        requests=1,
+        mode="latency",
+        ov_config={"INFERENCE_PRECISION_HINT": "f32"},
         live=LiveOptions(stall_timeout_s=5),
     )
     records: list[dict] = []
@@ -277,7 +324,7 @@ def test_a_slow_model_on_a_fast_stream_drops_frames_and_latency_stays_bounded(
     assert late[len(late) // 2] < max(3 * early[len(early) // 2], 500), (early, late)
     assert max(lat[10:]) < 2000, lat
     # the frames that were classified are spread over the stream, not the first ones queued
-    gaps = [b - a for a, b in zip(indices(records), indices(records)[1:])]
+    gaps = [b - a for a, b in zip(indices(records), indices(records)[1:], strict=False)]
     assert sum(gaps) / len(gaps) > 1.5
     assert pipeline.status_events and pipeline.status_events[0]["event"] == "connecting"
 
@@ -310,7 +357,10 @@ def test_a_bad_sources_file_gives_one_line_per_problem(tmp_path, model):
     cams.write_text("[[source]]\nurl = 'rtsp://c/x'\nfps = 0\n[[source]]\nname = 'y'\n")
     proc = subprocess.run(
         [sys.executable, "-m", "stream.cli", "run", "--config", str(cams), "--model", str(model)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -61,8 +61,10 @@ URL = "rtsp://alice:p%40ss%3Aw%2Frd@10.0.0.5:554/stream1"
 @pytest.mark.parametrize(
     "text, expected",
     [
-        (f"Server returned 401 Unauthorized: '{URL}'",
-         "Server returned 401 Unauthorized: 'rtsp://alice:***@10.0.0.5:554/stream1'"),
+        (
+            f"Server returned 401 Unauthorized: '{URL}'",
+            "Server returned 401 Unauthorized: 'rtsp://alice:***@10.0.0.5:554/stream1'",
+        ),
         ("auth failed for p@ss:w/rd", "auth failed for ***"),  # the decoded password
         ("nothing secret here", "nothing secret here"),
         ("", ""),
@@ -127,7 +129,10 @@ def test_rtsp_opens_over_tcp_with_little_buffering_and_bounded_waits():
 
 
 def test_udp_transport_device_format_and_extra_options():
-    assert open_args("rtsp://cam/x", LiveOptions(transport="udp"))["options"]["rtsp_transport"] == "udp"
+    assert (
+        open_args("rtsp://cam/x", LiveOptions(transport="udp"))["options"]["rtsp_transport"]
+        == "udp"
+    )
     dev = open_args("/dev/video2", LiveOptions(options={"video_size": "640x480"}))
     assert dev["format"] == "v4l2" and dev["options"]["video_size"] == "640x480"
     assert open_args("rtsp://c/x", LiveOptions(read_timeout_s=1.5))["timeout"][1] == 1.5
@@ -196,8 +201,9 @@ fps = 5
 
 
 def test_sources_file_with_defaults_per_source_keys_and_env_passwords():
-    specs = parse_sources_toml(GOOD, "cams.toml", LiveOptions(open_timeout_s=7),
-                               environ={"CAM_PW": "s3cret"})
+    specs = parse_sources_toml(
+        GOOD, "cams.toml", LiveOptions(open_timeout_s=7), environ={"CAM_PW": "s3cret"}
+    )
     front, dev, lobby = specs
     assert front.stream_id == "front" and front.url == "rtsp://admin:s3cret@10.0.0.5/stream1"
     assert front.options.transport == "udp" and front.options.backoff_max_s == 30
@@ -216,12 +222,16 @@ def test_sources_file_with_defaults_per_source_keys_and_env_passwords():
         ("[[source]]\nurl = 'a.mp4'\nfps = true", "'fps' must be a positive number"),
         ("[[source]]\nurl = 'rtsp://c/x'\ntransport = 'sctp'", "transport must be 'tcp' or 'udp'"),
         ("[[source]]\nurl = 'rtsp://c/x'\nstall_timeout = 0", "stall_timeout must be a positive"),
-        ("[[source]]\nurl = 'rtsp://c/x'\nbackoff_max = 0.1",
-         "backoff_max (0.1) must not be below backoff_initial"),
+        (
+            "[[source]]\nurl = 'rtsp://c/x'\nbackoff_max = 0.1",
+            "backoff_max (0.1) must not be below backoff_initial",
+        ),
         ("[[source]]\nurl = 'rtsp://c/x'\nlive = 'yes'", "'live' must be true or false"),
         ("[[source]]\nurl = 'rtsp://u:${NOPE}@c/x'", "${NOPE}, which is not set"),
-        ("[[source]]\nname = 'a'\nurl = 'x.mp4'\n[[source]]\nname = 'a'\nurl = 'y.mp4'",
-         "name 'a' already used by source 1"),
+        (
+            "[[source]]\nname = 'a'\nurl = 'x.mp4'\n[[source]]\nname = 'a'\nurl = 'y.mp4'",
+            "name 'a' already used by source 1",
+        ),
         ("[[source]]\nname = '_status'\nurl = 'x.mp4'", "reserved"),
         ("[defaults]\nurl = 'x.mp4'\n[[source]]\nurl = 'y.mp4'", "[defaults] cannot set 'url'"),
         ("[camera]\nurl = 'x'", "unknown table or key 'camera'"),
@@ -269,10 +279,18 @@ def test_live_frames_without_pts_give_results_with_null_pts():
     import numpy as np
 
     meta = {"frame_index": 7, "pts": None, "capture_ts": 1700000000.25}
-    msg = messages.decode(messages.encode(messages.FRAME, "cam", 0, meta, [np.zeros((2, 2, 3), np.uint8)]))
+    msg = messages.decode(
+        messages.encode(messages.FRAME, "cam", 0, meta, [np.zeros((2, 2, 3), np.uint8)])
+    )
     assert msg.meta["pts"] is None
     record = messages.result_record(
-        "cam", URL, msg.meta, [{"class_id": 1, "label": "x", "score": 0.5}], "m", "INT8", 1700000000.5
+        "cam",
+        URL,
+        msg.meta,
+        [{"class_id": 1, "label": "x", "score": 0.5}],
+        "m",
+        "INT8",
+        1700000000.5,
     )
     jsonschema.validate(record, messages.load_schema())
     assert record["pts"] is None and record["latency_ms"] == 250.0
@@ -284,7 +302,9 @@ def test_subscribe_separates_results_from_status_events():
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind(endpoint)
-    status = messages.status_record("cam", "rtsp://c/x", "connected", 1.0, frames=0, sent=0, dropped=0)
+    status = messages.status_record(
+        "cam", "rtsp://c/x", "connected", 1.0, frames=0, sent=0, dropped=0
+    )
     result = {"stream_id": "cam", "frame_index": 0}
     stop = threading.Event()
 
@@ -298,6 +318,7 @@ def test_subscribe_separates_results_from_status_events():
     worker = threading.Thread(target=publish)
     worker.start()
     try:
+
         def first(events: str, n: int = 6) -> list[dict]:
             got = []
             for rec in subscribe(endpoint, "cam", timeout_s=5, events=events):
