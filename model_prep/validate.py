@@ -24,17 +24,18 @@ CONFIDENT = 0.5
 TORCH_BATCH = 16
 
 
-def ir_logits(info: ModelInfo, frames: np.ndarray) -> np.ndarray:
-    """Logits of one IR, one frame per request, float parts in f32 (so CPUs that would pick BF16
-    don't blur the comparison of the model files)."""
+def ir_logits(info: ModelInfo, frames: np.ndarray, precision: str = "f32") -> np.ndarray:
+    """Logits of one IR, one frame per request. Float parts run in f32 by default, so a CPU that
+    would pick bf16 (AMX) doesn't blur the comparison of the model files; `default` measures what
+    the runtime gets on this CPU instead."""
     import openvino as ov
 
     from model_prep.parity import ir_logits as run
 
-    compiled = ov.Core().compile_model(
-        str(info.xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    )
-    return run(compiled, frames)
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision != "default":
+        config["INFERENCE_PRECISION_HINT"] = precision
+    return run(ov.Core().compile_model(str(info.xml), "CPU", config), frames)
 
 
 def torch_logits(source: Any, frames: np.ndarray) -> np.ndarray:
@@ -88,6 +89,7 @@ def validate_folder(
     mode: str = "auto",
     wnids: Path | None = None,
     frames_per_video: int = media.DEFAULT_FRAMES_PER_VIDEO,
+    precision: str = "f32",
 ) -> dict[str, Any]:
     """Run every variant on the same prepared frames and return the report as a dict."""
     found = precisions.present(folder, "validate")
@@ -110,7 +112,7 @@ def validate_folder(
     if source is not None:
         logits["PyTorch"] = torch_logits(source, frames)
     for name, info in media.progress(list(found.items()), "running precisions"):
-        logits[name.upper()] = ir_logits(info, frames)
+        logits[name.upper()] = ir_logits(info, frames, precision)
     ref_name = ref.precision.upper()
     rows = []
     for name, values in logits.items():
@@ -134,6 +136,7 @@ def validate_folder(
         "reference": ref_name,
         "reference_mean_top1_prob": float(ref_probs.mean()),
         "confident_threshold": CONFIDENT,
+        "inference_precision": precision,
         "pytorch": {"available": source is not None, "reason": why},
         "rows": rows,
     }
@@ -148,7 +151,7 @@ def markdown(report: dict[str, Any]) -> str:
     ref = report["reference"]
     lines = [
         f"### {report['model']}: {report['samples']} frames from {report['files']} files "
-        f"({report['mode']}), reference {ref} "
+        f"({report['mode']}), IR float parts in {report['inference_precision']}, reference {ref} "
         f"(mean top-1 probability {report['reference_mean_top1_prob']:.2f})",
         "",
     ]
@@ -228,10 +231,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=media.DEFAULT_FRAMES_PER_VIDEO,
         help="frames sampled evenly from each video",
     )
+    parser.add_argument(
+        "--inference-precision",
+        choices=("f32", "bf16", "f16", "default"),
+        default="f32",
+        help="precision of the IRs' float parts: f32 (default, compares the model files), or "
+        "default: what the runtime picks on this CPU (bf16 on AMX)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_folder(args.folder, args.images, args.mode, args.wnids, args.frames_per_video)
+    report = validate_folder(
+        args.folder,
+        args.images,
+        args.mode,
+        args.wnids,
+        args.frames_per_video,
+        args.inference_precision,
+    )
     text = markdown(report)
     out = write_report(args.folder, report, text)
     print(text)

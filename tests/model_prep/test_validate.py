@@ -85,3 +85,13 @@ LABELS = ["tench", "goldfish", "tabby", "tiger cat"]
 )
 def test_class_folder_names(name, wnids, expected):
     assert media.class_index(name, LABELS, wnids) == expected
+
+
+@pytest.mark.slow
+def test_runtime_precision_can_be_validated_too(lite0_int8, labelled_dir):
+    from model_prep.validate import validate_folder
+
+    report = validate_folder(lite0_int8[0], [labelled_dir], precision="default")
+    assert report["inference_precision"] == "default" and report["mode"] == "labelled"
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == VARIANTS and rows["FP32"]["top5"] == 1.0
