@@ -9,9 +9,10 @@ serving a generated 640x360 H.264 clip in a loop at 25 fps, and measures, in one
   over a few hundred requests (no pipeline running);
 - capture->publish latency (`latency_ms` of the results) p50/p95 per time window, so any growth
   over the run is visible, with the result rate and the frames dropped to keep up;
-- reconnects: the server is killed, left down until the capture's backoff reached its cap, and
-  started again; the time from the server being ready to the `connected` status event and to
-  the first new result, next to the backoff cap (the promise: within cap + 2 s).
+- reconnects: the server is killed, left down until the capture's backoff reached its cap,
+  and started again after a random extra 0..cap s (anywhere in the retry cycle); the time
+  from the server being ready to the `connected` status event and to the first new result,
+  next to the backoff cap (the promise: within cap + 2 s).
 Prints a table and writes everything as JSON (--json).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -132,6 +134,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=("latency", "throughput"), default="latency")
     parser.add_argument("--backoff-max", type=float, default=4.0, help="capture's backoff cap (s)")
     parser.add_argument("--reconnects", type=int, default=3, help="kill/restart rounds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random down times")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     reason = gst_rtsp_unavailable()
@@ -182,11 +185,13 @@ def main() -> int:
                 "dropped": capture.get("dropped"),
             }
             report["reconnects"] = []
+            rng = random.Random(args.seed)
             for round_no in range(args.reconnects):
                 server.kill()
                 down_at = time.time()
-                # stay down until the backoff reaches its cap (plus one more wait)
-                run.pump(args.backoff_max * 2 + 3)
+                # stay down until the backoff reached its cap, then a random part of one more
+                # wait, so the server comes back anywhere in the capture's retry cycle
+                run.pump(args.backoff_max * 2 + 3 + rng.uniform(0, args.backoff_max))
                 server.start()
                 ready = time.time()
                 seen = len(pipeline.status_events)

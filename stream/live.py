@@ -348,6 +348,9 @@ def live_frames(
             reason = str(exc) if isinstance(exc, UserError) else describe_error(exc, url)
             status("error", attempt=attempt, reason=f"cannot connect: {reason}")
         else:
+            if should_stop():  # stopped while the open was blocking: do not start reading
+                container.close()
+                return
             status("connected", attempt=attempt, elapsed_ms=round((time.monotonic() - t0) * 1e3, 1))
             if on_open is not None:
                 on_open(container)
