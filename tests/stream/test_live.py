@@ -323,9 +323,8 @@ def test_a_slow_model_on_a_fast_stream_drops_frames_and_latency_stays_bounded(
     early, late = sorted(lat[10:30]), sorted(lat[-20:])
     assert late[len(late) // 2] < max(3 * early[len(early) // 2], 500), (early, late)
     assert max(lat[10:]) < 2000, lat
-    # the frames that were classified are spread over the stream, not the first ones queued
-    gaps = [b - a for a, b in zip(indices(records), indices(records)[1:], strict=False)]
-    assert sum(gaps) / len(gaps) > 1.5
+    # what gets classified is the newest frame, not one that waited in a queue
+    assert source.decoded - indices(records)[-1] <= 25, (source.decoded, indices(records)[-1])
     assert pipeline.status_events and pipeline.status_events[0]["event"] == "connecting"
 
 
