@@ -449,7 +449,10 @@ class CaptureStage(Stage):
             sent=self._sent, dropped=self._dropped(), **fields,
         )
         self.stats["state"] = event
-        loud = event == "disconnected" or (event == "error" and self._failures == 1)
+        # Live trouble is a warning as it happens; a file's error is in the run's summary.
+        loud = src.is_live and (
+            event == "disconnected" or (event == "error" and self._failures == 1)
+        )
         detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "attempt" or loud)
         log.log(logging.WARNING if loud else logging.INFO, "source %s (%s): %s%s", src.stream_id,
                 src.masked_url, event.replace("_", " "), f" ({detail})" if detail else "")
