@@ -18,6 +18,7 @@ For each generated H.264 clip (1080p and 640x360 by default) it measures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -51,7 +52,9 @@ def cpu_seconds() -> float:
 def make_clip(folder: Path, width: int, height: int, frames: int, fps: int = 25) -> Path:
     path = folder / f"bench_{width}x{height}_{fps}fps_{frames}f.mp4"
     if not path.exists():
-        spec = importlib.util.spec_from_file_location("make_sample", ROOT / "samples/make_sample.py")
+        spec = importlib.util.spec_from_file_location(
+            "make_sample", ROOT / "samples/make_sample.py"
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)  # type: ignore[union-attr]
         module.write_clip(path, width, height, fps, frames)
@@ -118,17 +121,16 @@ def naive_loop_fps(clip: Path, info: ModelInfo, device: str) -> float:
 def tree_rss_mb(pids: list[int]) -> float:
     total = 0
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            pass
     return total / 2**20
 
 
 def pipeline_run(clip: Path, model: str, device: str, workdir: Path) -> dict[str, Any]:
     out = workdir / f"{clip.stem}.jsonl"
-    config = PipelineConfig(sources=[str(clip)], model=model, device=device, publish=None,
-                            output=str(out))
+    config = PipelineConfig(
+        sources=[str(clip)], model=model, device=device, publish=None, output=str(out)
+    )
     pipeline = Pipeline(config)
     peak = [0.0]
 
@@ -172,10 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     clips = [make_clip(workdir, w, h, args.frames) for w, h in sizes]
 
-    print(f"model {info.name} {info.precision} ({info.path}), device {args.device}, {cores} cores",
-          flush=True)
+    print(
+        f"model {info.name} {info.precision} ({info.path}), device {args.device}, {cores} cores",
+        flush=True,
+    )
     rows = []
-    for clip, (w, h) in zip(clips, sizes):
+    for clip, (w, h) in zip(clips, sizes, strict=True):
         pure, nreq = pure_inference_fps(info, args.device, args.pure_frames)
         decode = decode_cpu_per_frame(clip, info, scale=False)
         decode_scale = decode_cpu_per_frame(clip, info, scale=True)
@@ -183,25 +187,41 @@ def main(argv: list[str] | None = None) -> int:
         pipe = pipeline_run(clip, str(info.path), args.device, workdir)
         naive = naive_loop_fps(clip, info, args.device)
         row = {
-            "clip": f"{w}x{h}", "frames": pipe["frames"], "requests": nreq, "pure_fps": pure,
-            "decode_ms": decode * 1e3, "decode_scale_ms": decode_scale * 1e3, "limit_fps": limit,
-            "pipeline_fps": pipe["fps"], "ratio": pipe["fps"] / limit, "naive_fps": naive, **pipe,
+            "clip": f"{w}x{h}",
+            "frames": pipe["frames"],
+            "requests": nreq,
+            "pure_fps": pure,
+            "decode_ms": decode * 1e3,
+            "decode_scale_ms": decode_scale * 1e3,
+            "limit_fps": limit,
+            "pipeline_fps": pipe["fps"],
+            "ratio": pipe["fps"] / limit,
+            "naive_fps": naive,
+            **pipe,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    header = (f"{'clip':>9} {'pure':>6} {'dec ms':>6} {'dec+sc':>6} {'limit':>6} {'pipe':>6} "
-              f"{'ratio':>5} {'naive':>6} {'wall*':>6} {'p50 ms':>7} {'p95 ms':>7} {'peak MB':>8}")
+    header = (
+        f"{'clip':>9} {'pure':>6} {'dec ms':>6} {'dec+sc':>6} {'limit':>6} {'pipe':>6} "
+        f"{'ratio':>5} {'naive':>6} {'wall*':>6} {'p50 ms':>7} {'p95 ms':>7} {'peak MB':>8}"
+    )
     print("\n" + header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['clip']:>9} {r['pure_fps']:6.1f} {r['decode_ms']:6.2f} {r['decode_scale_ms']:6.2f}"
-              f" {r['limit_fps']:6.1f} {r['pipeline_fps']:6.1f} {r['ratio']:5.2f} {r['naive_fps']:6.1f}"
-              f" {r['fps_with_startup']:6.1f} {r['latency_p50_ms']:7.1f} {r['latency_p95_ms']:7.1f}"
-              f" {r['peak_rss_mb_sampled']:8.0f}")
-    print("pure = AsyncInferQueue THROUGHPUT FPS; dec ms = decode-only CPU ms/frame; dec+sc = with "
-          "capture's downscale; limit = 1/(1/pure + dec/cores); pipe = steady-state end-to-end FPS;"
-          " wall* = FPS including start-up; peak MB = sampled RSS sum of all processes")
+        print(
+            f"{r['clip']:>9} {r['pure_fps']:6.1f} {r['decode_ms']:6.2f}"
+            f" {r['decode_scale_ms']:6.2f}"
+            f" {r['limit_fps']:6.1f} {r['pipeline_fps']:6.1f} {r['ratio']:5.2f}"
+            f" {r['naive_fps']:6.1f}"
+            f" {r['fps_with_startup']:6.1f} {r['latency_p50_ms']:7.1f} {r['latency_p95_ms']:7.1f}"
+            f" {r['peak_rss_mb_sampled']:8.0f}"
+        )
+    print(
+        "pure = AsyncInferQueue THROUGHPUT FPS; dec ms = decode-only CPU ms/frame; dec+sc = with "
+        "capture's downscale; limit = 1/(1/pure + dec/cores); pipe = steady-state end-to-end FPS;"
+        " wall* = FPS including start-up; peak MB = sampled RSS sum of all processes"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -360,8 +360,14 @@ class CaptureStage(Stage):
             self._status("error", reason=error)
         return error, stopped
 
-    def _send_frame(self, seq: int, index: int, pts: float | None, image: np.ndarray,
-                    capture_ts: float | None = None) -> bool:
+    def _send_frame(
+        self,
+        seq: int,
+        index: int,
+        pts: float | None,
+        image: np.ndarray,
+        capture_ts: float | None = None,
+    ) -> bool:
         """Blocks while downstream is busy (files: nothing is dropped); False if stopped."""
         meta = {"frame_index": index, "pts": pts, "capture_ts": capture_ts or time.time()}
         parts = messages.encode(messages.FRAME, self.config.source.stream_id, seq, meta, [image])
@@ -381,15 +387,22 @@ class CaptureStage(Stage):
         error: str | None = None
         try:
             frames = live_frames(
-                cfg.source.url, cfg.live, self._counters, decode_frames, self._status,
-                self.should_stop, thread_type, on_open=self._opened,
+                cfg.source.url,
+                cfg.live,
+                self._counters,
+                decode_frames,
+                self._status,
+                self.should_stop,
+                thread_type,
+                on_open=self._opened,
             )
             for index, pts, frame in frames:
                 captured = time.time()
                 if sampler.keep(time.monotonic()):
                     slot.put((index, pts, captured, frame))
-                self.stats.update(decoded=self._counters.decoded, frames=self._sent,
-                                  dropped=self._dropped())
+                self.stats.update(
+                    decoded=self._counters.decoded, frames=self._sent, dropped=self._dropped()
+                )
                 self.tick()
         except Exception as exc:  # never let a password escape in a crash report
             error = scrub(f"{type(exc).__name__}: {exc}", cfg.source.url)
@@ -445,8 +458,14 @@ class CaptureStage(Stage):
             fields["reason"] = reason = scrub(str(reason), src.url)
             self.stats["last_error"] = reason
         record = messages.status_record(
-            src.stream_id, src.url, event, time.time(), frames=self._counters.decoded,
-            sent=self._sent, dropped=self._dropped(), **fields,
+            src.stream_id,
+            src.url,
+            event,
+            time.time(),
+            frames=self._counters.decoded,
+            sent=self._sent,
+            dropped=self._dropped(),
+            **fields,
         )
         self.stats["state"] = event
         # Live trouble is a warning as it happens; a file's error is in the run's summary.
@@ -454,8 +473,14 @@ class CaptureStage(Stage):
             event == "disconnected" or (event == "error" and self._failures == 1)
         )
         detail = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "attempt" or loud)
-        log.log(logging.WARNING if loud else logging.INFO, "source %s (%s): %s%s", src.stream_id,
-                src.masked_url, event.replace("_", " "), f" ({detail})" if detail else "")
+        log.log(
+            logging.WARNING if loud else logging.INFO,
+            "source %s (%s): %s%s",
+            src.stream_id,
+            src.masked_url,
+            event.replace("_", " "),
+            f" ({detail})" if detail else "",
+        )
         if self._status_out is not None:
             parts = messages.encode(messages.STATUS, src.stream_id, 0, {"status": record})
             try:

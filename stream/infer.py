@@ -52,7 +52,9 @@ class InferConfig:
 def check_tensor(arr: np.ndarray, shape: tuple[int, ...]) -> str | None:
     """None if `arr` fits the model input (H, W, 3 u8), else why not."""
     if arr.dtype != np.uint8 or tuple(arr.shape) != tuple(shape):
-        return f"tensor {arr.dtype}{list(arr.shape)} does not fit the model input uint8{list(shape)}"
+        return (
+            f"tensor {arr.dtype}{list(arr.shape)} does not fit the model input uint8{list(shape)}"
+        )
     return None
 
 
@@ -158,10 +160,8 @@ class InferStage(Stage):
             events = dict(poller.poll(self.transport.io_timeout_ms))
             self.tick()
             if rfd in events:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     os.read(rfd, 4096)
-                except BlockingIOError:
-                    pass
             while done:
                 (stream, seq, meta), out = done.popleft()
                 inflight -= 1
@@ -199,9 +199,7 @@ class InferStage(Stage):
                     else:
                         held_eos[msg.stream] = msg
                     continue
-                self._queue.start_async(
-                    {0: msg.arrays[0][None]}, (msg.stream, msg.seq, msg.meta)
-                )
+                self._queue.start_async({0: msg.arrays[0][None]}, (msg.stream, msg.seq, msg.meta))
                 inflight += 1
                 pending[msg.stream] += 1
                 self.stats["inflight"] = inflight

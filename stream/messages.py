@@ -34,7 +34,12 @@ STATUS_SCHEMA_PATH = Path(__file__).with_name("schemas") / "status.schema.json"
 STATUS_TOPIC_PREFIX = "_status/"
 """Status events go out on the PUB socket under `_status/<stream_id>`; results under the id."""
 STATUS_EVENTS = (
-    "connecting", "connected", "disconnected", "reconnect_scheduled", "end_of_stream", "error",
+    "connecting",
+    "connected",
+    "disconnected",
+    "reconnect_scheduled",
+    "end_of_stream",
+    "error",
 )
 
 # Data kinds flow downstream between stages; control kinds go from a stage to the supervisor.
@@ -82,7 +87,7 @@ def encode(
     meta: dict[str, Any] | None = None,
     arrays: tuple[np.ndarray, ...] | list[np.ndarray] = (),
 ) -> list[Any]:
-    """Build the multipart frames of one message; arrays go out as buffers (send with copy=False)."""
+    """The multipart frames of one message; arrays go out as buffers (send with copy=False)."""
     if kind not in KINDS:
         raise ValueError(f"unknown message kind {kind!r}")
     header: dict[str, Any] = {"v": WIRE_VERSION, "kind": kind, "stream": stream, "seq": int(seq)}
@@ -145,7 +150,7 @@ def decode(parts: list[Any]) -> Message:
     if len(specs) != len(parts) - 2:
         raise MessageError(f"header announces {len(specs)} payload(s), got {len(parts) - 2}")
     arrays = []
-    for spec, part in zip(specs, parts[2:]):
+    for spec, part in zip(specs, parts[2:], strict=True):
         arrays.append(_array(spec, _buffer(part)))
     if "capture_ts" in header and not _is_number(header["capture_ts"]):
         raise MessageError("header field 'capture_ts' is not a finite number")

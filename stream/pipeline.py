@@ -118,8 +118,11 @@ class PipelineConfig:
         """The capture settings of one source: its own where it has them, else the pipeline's."""
         kw = {} if geometry is None else {"geometry": geometry}
         return CaptureConfig(
-            spec, fps=spec.fps if spec.fps is not None else self.fps,
-            thread_type=self.decoder_threads, live=spec.options or self.live, **kw,
+            spec,
+            fps=spec.fps if spec.fps is not None else self.fps,
+            thread_type=self.decoder_threads,
+            live=spec.options or self.live,
+            **kw,
         )
 
 
@@ -208,18 +211,24 @@ class Pipeline:
         stages = [
             PublishStage(
                 PublishConfig(
-                    model=model_dir, sources={s.stream_id: s.masked_url for s in cfg.specs},
-                    topk=cfg.topk, publish=cfg.publish, output=cfg.output, sink=collect,
+                    model=model_dir,
+                    sources={s.stream_id: s.masked_url for s in cfg.specs},
+                    topk=cfg.topk,
+                    publish=cfg.publish,
+                    output=cfg.output,
+                    sink=collect,
                     wait_subscribers=cfg.wait_subscribers,
                     subscriber_timeout_s=cfg.subscriber_timeout_s,
                 ),
-                cfg.transport, endpoints,
+                cfg.transport,
+                endpoints,
             ),
             InferStage(
                 InferConfig(
                     model_dir, streams, cfg.device, cfg.requests, dict(cfg.ov_config), cfg.mode
                 ),
-                cfg.transport, endpoints,
+                cfg.transport,
+                endpoints,
             ),
             PreprocessStage(PreprocessConfig(streams, info.geometry), cfg.transport, endpoints),
         ]
@@ -227,8 +236,12 @@ class Pipeline:
             capture = cfg.capture_config(spec, info.geometry)
             stages.append(CaptureStage(capture, cfg.transport, endpoints))
         self.supervisor = Supervisor(
-            stages, endpoints, cfg.transport, collect=collect,
-            startup_timeout_s=cfg.startup_timeout_s, drain_timeout_s=cfg.drain_timeout_s,
+            stages,
+            endpoints,
+            cfg.transport,
+            collect=collect,
+            startup_timeout_s=cfg.startup_timeout_s,
+            drain_timeout_s=cfg.drain_timeout_s,
         )
         self._t0 = time.monotonic()
         self.supervisor.start()
@@ -266,20 +279,27 @@ class Pipeline:
 
     # -- running --------------------------------------------------------------------------------
 
-    def run(self, progress: Callable[[Pipeline], None] | None = None,
-            progress_interval_s: float = 0.5) -> RunSummary:
+    def run(
+        self,
+        progress: Callable[[Pipeline], None] | None = None,
+        progress_interval_s: float = 0.5,
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+    ) -> RunSummary:
         """Run to the end (SIGINT/SIGTERM drain and stop); returns the summary.
 
-        Raises PipelineError if a stage died. Results go to `publish`/`output` only.
+        Raises PipelineError if a stage died. Results go to `publish`/`output`, and to
+        `on_result` (in frame order per stream) when it is given.
         """
         if self.supervisor is None:
-            self.start(collect=False)
+            self.start(collect=on_result is not None)
         assert self.supervisor is not None
         last = 0.0
         with self._signals():
             try:
                 while not self.supervisor.finished:
-                    self.supervisor.step(100)
+                    for data in self.supervisor.step(100):
+                        if on_result is not None:
+                            on_result(json.loads(data))
                     if progress and time.monotonic() - last >= progress_interval_s:
                         last = time.monotonic()
                         progress(self)
@@ -341,8 +361,9 @@ class Pipeline:
             log.warning("second %s: stopping now", signal.Signals(signum).name)
             sup.abort(f"interrupted by a second {signal.Signals(signum).name}")
         else:
-            log.info("%s: stopping capture, draining what is in flight",
-                     signal.Signals(signum).name)
+            log.info(
+                "%s: stopping capture, draining what is in flight", signal.Signals(signum).name
+            )
             sup.request_stop()
 
     def snapshot(self) -> dict[str, Any]:
@@ -353,7 +374,7 @@ class Pipeline:
         published = sup.stats("publish").get("published", {})
         streams = {}
         for state in sup.capture_states():
-            sid = state.name[len("capture["):-1]
+            sid = state.name[len("capture[") : -1]
             streams[sid] = {
                 "captured": int(state.stats.get("frames", 0)),
                 "published": int(published.get(sid, 0)),
@@ -379,12 +400,18 @@ class Pipeline:
             error = sup.source_errors.get(spec.stream_id) or st.get("error")
             reports.append(
                 SourceReport(
-                    stream_id=spec.stream_id, source=spec.masked_url,
-                    frames=int(st.get("frames", 0)), published=int(published.get(spec.stream_id, 0)),
-                    decoded=int(st.get("decoded", 0)), skipped=int(st.get("skipped", 0)),
-                    live=spec.is_live, dropped=int(st.get("dropped", 0)),
-                    reconnects=int(st.get("reconnects", 0)), last_error=st.get("last_error"),
-                    error=error, stopped=bool(st.get("stopped", False)),
+                    stream_id=spec.stream_id,
+                    source=spec.masked_url,
+                    frames=int(st.get("frames", 0)),
+                    published=int(published.get(spec.stream_id, 0)),
+                    decoded=int(st.get("decoded", 0)),
+                    skipped=int(st.get("skipped", 0)),
+                    live=spec.is_live,
+                    dropped=int(st.get("dropped", 0)),
+                    reconnects=int(st.get("reconnects", 0)),
+                    last_error=st.get("last_error"),
+                    error=error,
+                    stopped=bool(st.get("stopped", False)),
                 )
             )
         return RunSummary(

@@ -93,8 +93,13 @@ def make_record(
 ) -> dict[str, Any]:
     """The result record of one LOGITS message."""
     return messages.result_record(
-        msg.stream, source, msg.meta, topk(np.asarray(msg.arrays[0]), labels, k),
-        model, precision, time.time(),
+        msg.stream,
+        source,
+        msg.meta,
+        topk(np.asarray(msg.arrays[0]), labels, k),
+        model,
+        precision,
+        time.time(),
     )
 
 
@@ -247,8 +252,12 @@ class PublishStage(Stage):
         seen = 0
         while seen < want and not self.should_stop():
             if time.monotonic() > deadline:
-                log.warning("publish: only %d of %d subscriber(s) after %.0f s; going on",
-                            seen, want, self.config.subscriber_timeout_s)
+                log.warning(
+                    "publish: only %d of %d subscriber(s) after %.0f s; going on",
+                    seen,
+                    want,
+                    self.config.subscriber_timeout_s,
+                )
                 break
             if self._pub.poll(self.transport.io_timeout_ms, zmq.POLLIN):
                 seen += self._drain_subscriptions()

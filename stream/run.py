@@ -38,48 +38,116 @@ def positive_float(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="*", metavar="SOURCE",
-                        help="video file, stream URL (rtsp://, http(s)://, udp://, rtmp://) or "
-                        "/dev/videoN; NAME=SOURCE chooses its stream id (default: file stem)")
-    parser.add_argument("--config", "-c", metavar="FILE.toml",
-                        help="read the sources and their settings from a TOML file")
-    parser.add_argument("--model", "-m", required=True, metavar="DIR",
-                        help="model folder (made by model-prep; a parent picks int8, fp32, fp16)")
-    parser.add_argument("--publish", default=DEFAULT_PUBLISH, metavar="ENDPOINT",
-                        help=f"PUB endpoint to bind, or 'none' (default {DEFAULT_PUBLISH})")
+    parser.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="video file, stream URL (rtsp://, http(s)://, udp://, rtmp://) or "
+        "/dev/videoN; NAME=SOURCE chooses its stream id (default: file stem)",
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE.toml",
+        help="read the sources and their settings from a TOML file",
+    )
+    parser.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        metavar="DIR",
+        help="model folder (made by model-prep; a parent picks int8, fp32, fp16)",
+    )
+    parser.add_argument(
+        "--publish",
+        default=DEFAULT_PUBLISH,
+        metavar="ENDPOINT",
+        help=f"PUB endpoint to bind, or 'none' (default {DEFAULT_PUBLISH})",
+    )
     parser.add_argument("--output", "-o", metavar="FILE.jsonl", help="also write results here")
-    parser.add_argument("--fps", type=positive_float, metavar="F",
-                        help="classify F frames per second (files: by pts; live: by capture time)")
-    parser.add_argument("--mode", choices=("throughput", "latency"), default="throughput",
-                        help="OpenVINO hint: most frames per second (default) or lowest delay")
-    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU; AUTO, GPU...)")
+    parser.add_argument(
+        "--fps",
+        type=positive_float,
+        metavar="F",
+        help="classify F frames per second (files: by pts; live: by capture time)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("throughput", "latency"),
+        default="throughput",
+        help="OpenVINO hint: most frames per second (default) or lowest delay",
+    )
+    parser.add_argument(
+        "--device", default="CPU", help="OpenVINO device (default CPU; AUTO, GPU...)"
+    )
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes per result")
-    parser.add_argument("--requests", type=int, default=0, metavar="N",
-                        help="infer requests in flight (default: the device's optimal number)")
-    parser.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
-                        help="hold results until N subscribers have connected to --publish")
-    parser.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
-                        help="links between stages: ipc sockets in a temp dir (default) or tcp")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="infer requests in flight (default: the device's optimal number)",
+    )
+    parser.add_argument(
+        "--wait-subscribers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold results until N subscribers have connected to --publish",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("ipc", "tcp"),
+        default="ipc",
+        help="links between stages: ipc sockets in a temp dir (default) or tcp",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    parser.add_argument(
+        "--print",
+        "-p",
+        action="store_true",
+        dest="print_results",
+        help="print each result's best class on stdout (one line per frame)",
+    )
     live = parser.add_argument_group("live sources (defaults for every live source)")
     d = LiveOptions()
-    live.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=d.transport,
-                      help=f"RTSP transport (default {d.transport})")
-    live.add_argument("--open-timeout", type=positive_float, default=d.open_timeout_s, metavar="S",
-                      help=f"give up a connection attempt after S s (default {d.open_timeout_s:g})")
-    live.add_argument("--stall-timeout", type=positive_float, default=d.stall_timeout_s,
-                      metavar="S", help="reconnect after S s without a frame "
-                      f"(default {d.stall_timeout_s:g})")
-    live.add_argument("--backoff-max", type=positive_float, default=d.backoff_max_s, metavar="S",
-                      help="longest wait between reconnect attempts; waits start at "
-                      f"{d.backoff_initial_s:g} s and double (default {d.backoff_max_s:g})")
+    live.add_argument(
+        "--rtsp-transport",
+        choices=("tcp", "udp"),
+        default=d.transport,
+        help=f"RTSP transport (default {d.transport})",
+    )
+    live.add_argument(
+        "--open-timeout",
+        type=positive_float,
+        default=d.open_timeout_s,
+        metavar="S",
+        help=f"give up a connection attempt after S s (default {d.open_timeout_s:g})",
+    )
+    live.add_argument(
+        "--stall-timeout",
+        type=positive_float,
+        default=d.stall_timeout_s,
+        metavar="S",
+        help=f"reconnect after S s without a frame (default {d.stall_timeout_s:g})",
+    )
+    live.add_argument(
+        "--backoff-max",
+        type=positive_float,
+        default=d.backoff_max_s,
+        metavar="S",
+        help="longest wait between reconnect attempts; waits start at "
+        f"{d.backoff_initial_s:g} s and double (default {d.backoff_max_s:g})",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     publish = None if str(args.publish).lower() in ("none", "") else args.publish
     live = LiveOptions(
-        transport=args.rtsp_transport, open_timeout_s=args.open_timeout,
-        stall_timeout_s=args.stall_timeout, backoff_max_s=args.backoff_max,
+        transport=args.rtsp_transport,
+        open_timeout_s=args.open_timeout,
+        stall_timeout_s=args.stall_timeout,
+        backoff_max_s=args.backoff_max,
         backoff_initial_s=min(LiveOptions().backoff_initial_s, args.backoff_max),
     )
     sources: list = list(args.sources)
@@ -88,10 +156,18 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     if not sources:
         raise UserError("no sources: give SOURCE arguments or --config FILE.toml")
     return PipelineConfig(
-        sources=sources, model=args.model, device=args.device, publish=publish,
-        output=args.output, fps=args.fps, topk=args.topk, requests=args.requests,
-        wait_subscribers=args.wait_subscribers, transport=TransportConfig(scheme=args.transport),
-        mode=args.mode, live=live,
+        sources=sources,
+        model=args.model,
+        device=args.device,
+        publish=publish,
+        output=args.output,
+        fps=args.fps,
+        topk=args.topk,
+        requests=args.requests,
+        wait_subscribers=args.wait_subscribers,
+        transport=TransportConfig(scheme=args.transport),
+        mode=args.mode,
+        live=live,
     )
 
 
@@ -142,6 +218,16 @@ class Progress:
             self.out.flush()
 
 
+def result_line(record: dict) -> str:
+    """One line per result for a terminal: stream, frame, time, best class and score."""
+    best = record["topk"][0]
+    pts = "     -" if record.get("pts") is None else f"{record['pts']:6.2f}"
+    return (
+        f"{record['stream_id']} frame {record['frame_index']:5d} t={pts}s  "
+        f"{best['label']} ({best['class_id']}) {best['score']:.3f}"
+    )
+
+
 def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
     """Per-source frames, skipped and failures; one line for each problem."""
     infer = summary.stages.get("infer", {})
@@ -155,17 +241,25 @@ def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
     for s in summary.sources:
         state = "FAILED" if s.error else "stopped" if s.stopped else "ok"
         live = f"  {s.dropped:6d} dropped  {s.reconnects:3d} reconnects" if s.live else ""
-        print(f"  {s.stream_id:<{width}}  {s.published:6d} results  {s.decoded:6d} decoded  "
-              f"{s.skipped:4d} skipped{live}  {state}", file=out)
+        print(
+            f"  {s.stream_id:<{width}}  {s.published:6d} results  {s.decoded:6d} decoded  "
+            f"{s.skipped:4d} skipped{live}  {state}",
+            file=out,
+        )
     for s in summary.sources:
         if s.error:
             print(f"{PROG}: error: source {s.stream_id}: {s.error}", file=out)
         elif s.live and s.published == 0 and s.last_error:
-            print(f"{PROG}: warning: source {s.stream_id}: no frames; last problem: "
-                  f"{s.last_error}", file=out)
+            print(
+                f"{PROG}: warning: source {s.stream_id}: no frames; last problem: {s.last_error}",
+                file=out,
+            )
         elif s.skipped:
-            print(f"{PROG}: warning: source {s.stream_id}: {s.skipped} frame(s) skipped "
-                  f"(corrupt data), {s.published} classified", file=out)
+            print(
+                f"{PROG}: warning: source {s.stream_id}: {s.skipped} frame(s) skipped "
+                f"(corrupt data), {s.published} classified",
+                file=out,
+            )
     rejected = sum(int(st.get("rejected", 0)) for st in summary.stages.values())
     if rejected:
         print(f"{PROG}: warning: {rejected} malformed message(s) rejected", file=out)
@@ -183,7 +277,14 @@ def run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(config)
     progress = Progress(sys.stderr, enabled=not args.no_progress)
     try:
-        pipeline.run(progress=progress)
+        on_result = None
+        if args.print_results:
+
+            def on_result(record: dict) -> None:
+                progress.clear()
+                print(result_line(record), flush=True)
+
+        pipeline.run(progress=progress, on_result=on_result)
     except PipelineError as exc:
         progress.clear()
         print(f"{PROG}: error: {exc}", file=sys.stderr)

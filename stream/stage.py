@@ -107,8 +107,13 @@ class Stage:
     def _control_socket(self) -> zmq.Socket | None:
         if self._control is None and "control" in self.endpoints:
             self._control = open_socket(
-                self.ctx, zmq.PUSH, self.endpoints["control"], False, self.transport,
-                hwm=1000, linger_ms=2000,
+                self.ctx,
+                zmq.PUSH,
+                self.endpoints["control"],
+                False,
+                self.transport,
+                hwm=1000,
+                linger_ms=2000,
             )
         return self._control
 

@@ -81,7 +81,7 @@ def subscribe(
             is_status = parts[0].startswith(status_prefix)
             if is_status and events == "results" or not is_status and events == "status":
                 continue
-            stream_id = parts[0][len(status_prefix):] if is_status else parts[0]
+            stream_id = parts[0][len(status_prefix) :] if is_status else parts[0]
             if topic is not None and stream_id != topic.encode():
                 continue  # ZeroMQ filters by prefix; keep the exact stream id only
             try:
@@ -103,17 +103,36 @@ def subscribe(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("endpoint", nargs="?", default=DEFAULT_PUBLISH,
-                        help=f"the pipeline's PUB endpoint (default {DEFAULT_PUBLISH})")
+    parser.add_argument(
+        "endpoint",
+        nargs="?",
+        default=DEFAULT_PUBLISH,
+        help=f"the pipeline's PUB endpoint (default {DEFAULT_PUBLISH})",
+    )
     parser.add_argument("--topic", metavar="STREAM_ID", help="only this stream's results")
     parser.add_argument("--count", type=int, metavar="N", help="exit after N messages")
     kind = parser.add_mutually_exclusive_group()
-    kind.add_argument("--status", dest="events", action="store_const", const="all",
-                      default="results", help="also print the sources' status events")
-    kind.add_argument("--status-only", dest="events", action="store_const", const="status",
-                      help="print only status events (connecting, disconnected, ...)")
-    parser.add_argument("--timeout", type=float, metavar="S",
-                        help="give up after S seconds without a result (exit 1)")
+    kind.add_argument(
+        "--status",
+        dest="events",
+        action="store_const",
+        const="all",
+        default="results",
+        help="also print the sources' status events",
+    )
+    kind.add_argument(
+        "--status-only",
+        dest="events",
+        action="store_const",
+        const="status",
+        help="print only status events (connecting, disconnected, ...)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="give up after S seconds without a result (exit 1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
     got = 0
     out = sys.stdout.buffer
     try:
-        for data in subscribe(args.endpoint, args.topic, args.timeout, raw=True,
-                              events=args.events):
+        for data in subscribe(
+            args.endpoint, args.topic, args.timeout, raw=True, events=args.events
+        ):
             out.write(data + b"\n")
             out.flush()
             got += 1

@@ -121,7 +121,12 @@ class Supervisor:
         spawn = mp.get_context("spawn")
         self._ctx = zmq.Context()
         self._control = open_socket(
-            self._ctx, zmq.PULL, self.endpoints["control"], True, self.transport, hwm=10000,
+            self._ctx,
+            zmq.PULL,
+            self.endpoints["control"],
+            True,
+            self.transport,
+            hwm=10000,
             linger_ms=0,
         )
         if self.collect:
@@ -145,8 +150,10 @@ class Supervisor:
     def _start_process(self, state: StageState) -> None:
         level = logging.getLogger().getEffectiveLevel()
         state.process = self._spawn.Process(
-            target=stage_main, args=(state.stage, self._log_queue, level),
-            name=state.name, daemon=True,
+            target=stage_main,
+            args=(state.stage, self._log_queue, level),
+            name=state.name,
+            daemon=True,
         )
         state.process.start()
 
@@ -216,7 +223,9 @@ class Supervisor:
             state = self.states.get(str(msg.meta.get("stage")))
             if state is None:
                 self.rejected_control += 1
-                log.warning("supervisor: control message from unknown stage %r", msg.meta.get("stage"))
+                log.warning(
+                    "supervisor: control message from unknown stage %r", msg.meta.get("stage")
+                )
                 continue
             if msg.kind == messages.READY:
                 state.ready = True
@@ -269,9 +278,9 @@ class Supervisor:
             late = [s.name for s in self.states.values() if not s.ready and not s.judged]
             if late:
                 self._fail(f"stage {late[0]} did not start within {self.startup_timeout_s:.0f} s")
-        if self._stop_at is not None and now - self._stop_at > self.drain_timeout_s:
-            if self.failure is None:
-                self._fail(f"pipeline did not drain within {self.drain_timeout_s:.0f} s of stopping")
+        draining_too_long = self._stop_at is not None and now - self._stop_at > self.drain_timeout_s
+        if draining_too_long and self.failure is None:
+            self._fail(f"pipeline did not drain within {self.drain_timeout_s:.0f} s of stopping")
 
     def _fail(self, reason: str) -> None:
         self.failure = reason

@@ -64,9 +64,9 @@ def corrupt_copy(src: Path, dst: Path, at: float = 0.5, nbytes: int = 4000, seed
     """A copy of `src` with `nbytes` random bytes written over the middle of the file."""
     data = bytearray(src.read_bytes())
     start = int(len(data) * at)
-    data[start : start + nbytes] = np.random.default_rng(seed).integers(
-        0, 256, nbytes, dtype=np.uint8
-    ).tobytes()
+    data[start : start + nbytes] = (
+        np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+    )
     dst.write_bytes(bytes(data))
     return dst
 

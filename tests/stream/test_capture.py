@@ -56,7 +56,11 @@ def test_sampler_keeps_one_frame_per_period():
 def test_sampler_starts_at_the_first_pts():
     sampler = PtsSampler(2.0)
     assert [sampler.keep(t) for t in (10.0, 10.2, 10.5, 10.9, 11.0)] == [
-        True, False, True, False, True,
+        True,
+        False,
+        True,
+        False,
+        True,
     ]
 
 

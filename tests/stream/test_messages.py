@@ -66,10 +66,21 @@ MALFORMED = [
     ("missing payload", lambda: good()[:2], "announces 1"),
     ("bad dtype", lambda: with_header(arrays=[{"dtype": "object", "shape": [2, 2, 3]}]), "dtype"),
     ("bad shape", lambda: with_header(arrays=[{"dtype": "uint8", "shape": [-2]}]), "shape"),
-    ("size mismatch", lambda: with_header(arrays=[{"dtype": "uint8", "shape": [3, 3, 3]}]), "bytes"),
+    (
+        "size mismatch",
+        lambda: with_header(arrays=[{"dtype": "uint8", "shape": [3, 3, 3]}]),
+        "bytes",
+    ),
     ("no frame_index", lambda: with_header(frame_index=None), "frame_index"),
     ("pts not a number", lambda: with_header(pts="soon"), "pts"),
-    ("eos without count", lambda: [b"s", json.dumps({"v": 1, "kind": "eos", "stream": "s", "seq": 0, "arrays": []}).encode()], "count"),
+    (
+        "eos without count",
+        lambda: [
+            b"s",
+            json.dumps({"v": 1, "kind": "eos", "stream": "s", "seq": 0, "arrays": []}).encode(),
+        ],
+        "count",
+    ),
 ]
 
 
@@ -96,8 +107,13 @@ def test_result_records_follow_the_published_schema():
     schema = messages.load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     record = messages.result_record(
-        "cam1", "rtsp://u:p@h/x", frame_meta(),
-        [{"class_id": 281, "label": "tabby", "score": 0.9}], "resnet50", "INT8", 1700000000.6,
+        "cam1",
+        "rtsp://u:p@h/x",
+        frame_meta(),
+        [{"class_id": 281, "label": "tabby", "score": 0.9}],
+        "resnet50",
+        "INT8",
+        1700000000.6,
     )
     jsonschema.validate(record, schema)
     assert record["source"] == "rtsp://u:***@h/x"

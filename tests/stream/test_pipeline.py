@@ -50,8 +50,11 @@ def clips(clip_factory) -> dict[str, Path]:
 def test_every_frame_of_several_files_gives_one_result_in_order(clips, model, tmp_path):
     out = tmp_path / "results.jsonl"
     config = PipelineConfig(
-        sources=[f"{name}={path}" for name, path in clips.items()], model=str(model),
-        publish=None, output=str(out), topk=3,
+        sources=[f"{name}={path}" for name, path in clips.items()],
+        model=str(model),
+        publish=None,
+        output=str(out),
+        topk=3,
     )
     with Pipeline(config) as pipeline:
         records = list(pipeline)
@@ -72,7 +75,10 @@ def test_every_frame_of_several_files_gives_one_result_in_order(clips, model, tm
 
 def test_fps_sampling_over_tcp(clips, model, tmp_path):
     config = PipelineConfig(
-        sources=[str(clips["wide"]), str(clips["tall"])], model=str(model), publish=None, fps=5,
+        sources=[str(clips["wide"]), str(clips["tall"])],
+        model=str(model),
+        publish=None,
+        fps=5,
         transport=TransportConfig(scheme="tcp"),
     )
     records = list(Pipeline(config))
@@ -87,14 +93,38 @@ def test_subscriber_receives_exactly_the_jsonl_records(clips, model, tmp_path):
     out = tmp_path / "results.jsonl"
     total = sum(len(count_frames(p)) for p in clips.values())
     sub = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "subscribe", endpoint, "--count", str(total),
-         "--timeout", "120"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "subscribe",
+            endpoint,
+            "--count",
+            str(total),
+            "--timeout",
+            "120",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        proc = run_cli("ovstream", "run", *map(str, clips.values()), "--model", str(model),
-                       "--publish", endpoint, "--output", str(out), "--wait-subscribers", "1",
-                       "--no-progress", timeout=180)
+        proc = run_cli(
+            "ovstream",
+            "run",
+            *map(str, clips.values()),
+            "--model",
+            str(model),
+            "--publish",
+            endpoint,
+            "--output",
+            str(out),
+            "--wait-subscribers",
+            "1",
+            "--no-progress",
+            timeout=180,
+        )
         assert proc.returncode == 0, proc.stderr
         stdout, stderr = sub.communicate(timeout=60)
     finally:
@@ -107,11 +137,16 @@ def test_subscriber_receives_exactly_the_jsonl_records(clips, model, tmp_path):
 
 def test_topic_filter_keeps_one_stream(clips, model):
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    config = PipelineConfig(sources=[f"t={clips['tiny']}", f"tt={clips['wide']}"],
-                            model=str(model), publish=endpoint, wait_subscribers=1)
+    config = PipelineConfig(
+        sources=[f"t={clips['tiny']}", f"tt={clips['wide']}"],
+        model=str(model),
+        publish=endpoint,
+        wait_subscribers=1,
+    )
+    import threading
+
     from stream.subscribe import subscribe
 
-    import threading
     got: list[dict] = []
 
     def listen():
@@ -132,9 +167,24 @@ def test_sigint_drains_and_exits_0(clip_factory, model, tmp_path):
     clip = clip_factory(160, 90, 25, 300, name="long")
     out = tmp_path / "results.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "run", str(clip), "--model", str(model),
-         "--publish", "none", "--output", str(out), "--no-progress"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "run",
+            str(clip),
+            "--model",
+            str(model),
+            "--publish",
+            "none",
+            "--output",
+            str(out),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 0, 120, "the first result")
@@ -153,9 +203,22 @@ def test_sigint_drains_and_exits_0(clip_factory, model, tmp_path):
 def test_killed_stage_stops_the_run_and_is_named(clip_factory, model, tmp_path):
     clip = clip_factory(160, 90, 25, 300, name="long")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "run", str(clip), "--model", str(model),
-         "--publish", "none", "--no-progress"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "run",
+            str(clip),
+            "--model",
+            str(model),
+            "--publish",
+            "none",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         parent = psutil.Process(proc.pid)
@@ -178,14 +241,18 @@ def test_killed_stage_stops_the_run_and_is_named(clip_factory, model, tmp_path):
     assert "stage infer died: killed by SIGKILL" in stderr
     assert "Traceback" not in stderr
     time.sleep(0)  # all children are gone:
-    assert not [c for c in psutil.Process().children(recursive=True) if c.pid != proc.pid
-                and "ovs-" in c.name()]
+    assert not [
+        c
+        for c in psutil.Process().children(recursive=True)
+        if c.pid != proc.pid and "ovs-" in c.name()
+    ]
 
 
 def test_killed_stage_raises_from_the_python_api(clip_factory, model):
     clip = clip_factory(160, 90, 25, 300, name="long")
-    config = PipelineConfig(sources=[str(clip)], model=str(model), publish=None,
-                            transport=TransportConfig(hwm=2))
+    config = PipelineConfig(
+        sources=[str(clip)], model=str(model), publish=None, transport=TransportConfig(hwm=2)
+    )
     pipeline = Pipeline(config)
     results = iter(pipeline)
     first = next(results)  # backpressure from this consumer keeps the run going
@@ -198,8 +265,9 @@ def test_killed_stage_raises_from_the_python_api(clip_factory, model):
 
 def test_stop_from_the_python_api_drains(clip_factory, model):
     clip = clip_factory(160, 90, 25, 300, name="long")
-    config = PipelineConfig(sources=[str(clip)], model=str(model), publish=None,
-                            transport=TransportConfig(hwm=2))
+    config = PipelineConfig(
+        sources=[str(clip)], model=str(model), publish=None, transport=TransportConfig(hwm=2)
+    )
     pipeline = Pipeline(config)
     indices = []
     for record in pipeline:
@@ -214,17 +282,34 @@ BAD_SOURCES = [
     ("missing", 1, r"source missing: no such file: .*missing\.mp4"),
     ("not_video", 1, r"source notes: cannot read .*notes\.mp4 as video"),
     ("zero_frames", 1, r"source empty: .*empty\.mp4 has no video stream"),
-    ("corrupt", 0, r"warning: source corrupt: \d+ frame\(s\) skipped \(corrupt data\), \d+ classified"),
+    (
+        "corrupt",
+        0,
+        r"warning: source corrupt: \d+ frame\(s\) skipped \(corrupt data\), \d+ classified",
+    ),
 ]
 
 
 @pytest.mark.parametrize("name,code,line", BAD_SOURCES, ids=[b[0] for b in BAD_SOURCES])
-def test_bad_source_gives_one_line_and_the_others_go_on(name, code, line, bad_inputs, clips,
-                                                        model, tmp_path):
+def test_bad_source_gives_one_line_and_the_others_go_on(
+    name, code, line, bad_inputs, clips, model, tmp_path
+):
     out = tmp_path / "results.jsonl"
     bad = bad_inputs[name]
-    proc = run_cli("ovstream", "run", str(clips["tiny"]), str(bad), "--model", str(model),
-                   "--publish", "none", "--output", str(out), "--no-progress", timeout=180)
+    proc = run_cli(
+        "ovstream",
+        "run",
+        str(clips["tiny"]),
+        str(bad),
+        "--model",
+        str(model),
+        "--publish",
+        "none",
+        "--output",
+        str(out),
+        "--no-progress",
+        timeout=180,
+    )
     assert proc.returncode == code, proc.stderr
     import re
 
@@ -249,17 +334,33 @@ def broken_model(tmp_path: Path, model: Path) -> Path:
 
 
 def test_model_folder_that_does_not_load(clips, model, tmp_path):
-    proc = run_cli("ovstream", "run", str(clips["tiny"]), "--model",
-                   str(broken_model(tmp_path, model)), "--publish", "none", "--no-progress",
-                   timeout=120)
+    proc = run_cli(
+        "ovstream",
+        "run",
+        str(clips["tiny"]),
+        "--model",
+        str(broken_model(tmp_path, model)),
+        "--publish",
+        "none",
+        "--no-progress",
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot load model" in lines[0], proc.stderr
 
 
 def test_not_a_model_folder(clips, tmp_path):
-    proc = run_cli("ovstream", "run", str(clips["tiny"]), "--model", str(tmp_path),
-                   "--publish", "none", timeout=60)
+    proc = run_cli(
+        "ovstream",
+        "run",
+        str(clips["tiny"]),
+        "--model",
+        str(tmp_path),
+        "--publish",
+        "none",
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"ovstream: error: {tmp_path} is not a model folder: no model.json in it or in "
@@ -271,17 +372,38 @@ def test_publish_endpoint_in_use(clips, model, zctx):
     port = free_tcp_port()
     taken = zctx.socket(zmq.PUB)
     taken.bind(f"tcp://127.0.0.1:{port}")
-    proc = run_cli("ovstream", "run", str(clips["tiny"]), "--model", str(model),
-                   "--publish", f"tcp://127.0.0.1:{port}", "--no-progress", timeout=120)
+    proc = run_cli(
+        "ovstream",
+        "run",
+        str(clips["tiny"]),
+        "--model",
+        str(model),
+        "--publish",
+        f"tcp://127.0.0.1:{port}",
+        "--no-progress",
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == [f"ovstream: error: publish: cannot bind tcp://127.0.0.1:{port}: "
-                     "address already in use"], proc.stderr
+    assert lines == [
+        f"ovstream: error: publish: cannot bind tcp://127.0.0.1:{port}: address already in use"
+    ], proc.stderr
 
 
 def test_unknown_device_lists_the_available_ones(clips, model):
-    proc = run_cli("ovstream", "run", str(clips["tiny"]), "--model", str(model),
-                   "--publish", "none", "--device", "NPU", "--no-progress", timeout=120)
+    proc = run_cli(
+        "ovstream",
+        "run",
+        str(clips["tiny"]),
+        "--model",
+        str(model),
+        "--publish",
+        "none",
+        "--device",
+        "NPU",
+        "--no-progress",
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "available: CPU" in lines[0], proc.stderr

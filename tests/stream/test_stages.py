@@ -68,8 +68,9 @@ def infer_case(model, tmp_path):
 
 
 def publish_case(model, tmp_path):
-    config = PublishConfig(str(model), {"s": "a.mp4"}, publish=None, sink=True,
-                           output=str(tmp_path / "out.jsonl"))
+    config = PublishConfig(
+        str(model), {"s": "a.mp4"}, publish=None, sink=True, output=str(tmp_path / "out.jsonl")
+    )
     stage = PublishStage(config, TransportConfig(), {})
     logits = np.zeros(1000, np.float32)
     inputs = [
@@ -82,12 +83,15 @@ def publish_case(model, tmp_path):
     return stage, "logits", "sink", inputs, 2, 4
 
 
-@pytest.mark.parametrize("case", [preprocess_case, infer_case, publish_case],
-                         ids=["preprocess", "infer", "publish"])
+@pytest.mark.parametrize(
+    "case", [preprocess_case, infer_case, publish_case], ids=["preprocess", "infer", "publish"]
+)
 def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zctx):
     stage, in_link, out_link, inputs, expected_out, expected_rejected = case(model, tmp_path)
-    endpoints = {link: f"ipc://{tmp_path}/{link}.sock" for link in
-                 ("frames", "tensors", "logits", "control", "sink")}
+    endpoints = {
+        link: f"ipc://{tmp_path}/{link}.sock"
+        for link in ("frames", "tensors", "logits", "control", "sink")
+    }
     stage.endpoints = endpoints
     control = zctx.socket(zmq.PULL)
     control.bind(endpoints["control"])
