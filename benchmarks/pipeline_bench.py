@@ -174,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     clips = [make_clip(workdir, w, h, args.frames) for w, h in sizes]
 
+    import openvino as ov
+
+    cpu = ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     print(
-        f"model {info.name} {info.precision} ({info.path}), device {args.device}, {cores} cores",
+        f"model {info.name} {info.precision} ({info.path}), device {args.device}, {cores} cores"
+        f" of {cpu}; oneDNN ISA cap: {isa_cap or 'none'}; load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     rows = []

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from model_prep import precisions
-from stream.errors import UserError
+from stream.errors import UserError, first_line
 from stream.model import ModelInfo
 
 WARMUP = 3
@@ -36,10 +36,16 @@ class BenchOptions:
     """Seconds per measurement (each row measures latency and throughput for this long)."""
     device: str = "CPU"
     """OpenVINO device."""
+    inference_precision: str | None = None
+    """INFERENCE_PRECISION_HINT for every OpenVINO row (f32, bf16, f16); None = the device's."""
 
     def __post_init__(self) -> None:
         if not self.duration > 0:
             raise UserError(f"--duration must be positive seconds, got {self.duration}")
+        if self.inference_precision not in (None, "f32", "bf16", "f16"):
+            raise UserError(
+                f"--inference-precision must be f32, bf16 or f16, got {self.inference_precision!r}"
+            )
 
 
 @dataclass
@@ -84,9 +90,12 @@ def timed_loop(step: Callable[[], Any], duration: float) -> tuple[list[float], f
 
 def _compile(core: Any, info: ModelInfo, opts: BenchOptions, hint: str, f32: bool) -> Any:
     config = {"PERFORMANCE_HINT": hint}
-    if f32:
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    return core.compile_model(str(info.xml), opts.device, config)
+    if f32 or opts.inference_precision:
+        config["INFERENCE_PRECISION_HINT"] = "f32" if f32 else opts.inference_precision
+    try:
+        return core.compile_model(str(info.xml), opts.device, config)
+    except RuntimeError as exc:
+        raise UserError(f"cannot compile {info.xml} for {opts.device}: {first_line(exc)}") from None
 
 
 def ov_latency(
@@ -269,10 +278,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--duration", type=float, default=10.0, help="seconds per measurement (default 10)"
     )
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+    parser.add_argument(
+        "--inference-precision",
+        choices=("f32", "bf16", "f16"),
+        help="precision for the float parts of every OpenVINO row (default: the device's choice)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = BenchOptions(args.duration, args.device)
+    opts = BenchOptions(args.duration, args.device, args.inference_precision)
     if args.json and args.json.is_dir():
         raise UserError(f"--json must be a file path, not a folder: {args.json}")
     result = bench_folder(args.folder, opts)

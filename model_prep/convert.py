@@ -8,7 +8,7 @@ from typing import Any
 import openvino as ov
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
-from stream.errors import UserError
+from stream.errors import UserError, first_line
 from stream.model import ModelInfo
 
 _COLOR = {"BGR": ColorFormat.BGR, "RGB": ColorFormat.RGB}
@@ -23,8 +23,9 @@ def to_openvino(onnx_path: Path, normalization: dict[str, Any]) -> ov.Model:
     try:
         model = ov.convert_model(str(onnx_path))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"OpenVINO could not convert {onnx_path}: {first[:300]}") from None
+        raise UserError(
+            f"OpenVINO could not convert {onnx_path}: {first_line(exc)[:300]}"
+        ) from None
     ppp = PrePostProcessor(model)
     inp = ppp.input()
     inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(

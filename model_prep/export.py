@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from stream.errors import UserError
+from stream.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ def export_onnx(model: torch.nn.Module, path: Path, width: int, height: int) -> 
                 dynamo=False,
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"ONNX export failed: {first[:300]}") from None
+        raise UserError(f"ONNX export failed: {first_line(exc)[:300]}") from None
     return path
 
 

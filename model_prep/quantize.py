@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from model_prep import media
-from stream.errors import UserError
+from stream.errors import UserError, first_line
 from stream.model import ModelInfo, load_info
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def quantize_folder(folder: Path, calib: list[Path], options: QuantizeOptions) -
         else:
             quantized, reverted = quantize_accuracy_control(model, frames.frames, val, options)
     except (nncf.errors.ValidationError, nncf.errors.UnsupportedModelError) as exc:
-        raise UserError(f"NNCF could not quantize {info.xml}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"NNCF could not quantize {info.xml}: {first_line(exc)}") from None
     total, floats = float_weighted_ops(quantized)
     facts["weighted_ops"] = total
     facts["weighted_ops_in_float"] = floats

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream.errors import UserError
+from stream.errors import UserError, first_line
 from stream.geometry import Geometry
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

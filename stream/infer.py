@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from stream import messages
-from stream.errors import UserError
+from stream.errors import UserError, first_line
 from stream.model import compile_model, load_info
 from stream.stage import Stage, StreamTracker
 from stream.transport import TransportConfig, send
@@ -58,13 +58,6 @@ def check_tensor(arr: np.ndarray, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def describe_ov_error(exc: BaseException) -> str:
-    """The informative line of an OpenVINO exception (not its 'Exception from file.cpp' lines)."""
-    lines = [x.strip() for x in str(exc).splitlines()]
-    useful = [x for x in lines if x and not x.startswith("Exception from")]
-    return useful[0] if useful else type(exc).__name__
-
-
 @contextlib.contextmanager
 def captured_stderr() -> Iterator[None]:
     """Keep native libraries' noise on fd 2 (frontend probing of a broken file) off the terminal;
@@ -91,7 +84,7 @@ def check_model_reads(xml: Any) -> None:
         try:
             ov.Core().read_model(xml)
         except RuntimeError as exc:
-            raise UserError(f"cannot load model {xml}: {describe_ov_error(exc)}") from None
+            raise UserError(f"cannot load model {xml}: {first_line(exc)}") from None
 
 
 class InferStage(Stage):

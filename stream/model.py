@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import UserError
+from stream.errors import UserError, first_line
 from stream.geometry import Geometry
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,7 @@ def compile_model(
             model.reshape([1, info.geometry.height, info.geometry.width, 3])
         return core.compile_model(model, device, props)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load model {info.xml}: {first}") from None
+        raise UserError(f"cannot load model {info.xml}: {first_line(exc)}") from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from stream import messages
-from stream.errors import UserError
+from stream.errors import UserError, first_line
 from stream.transport import TransportConfig, open_socket
 
 log = logging.getLogger(__name__)
@@ -200,8 +200,8 @@ def stage_main(stage: Stage, log_queue: Any = None, log_level: int = logging.WAR
         code = EXIT_USER_ERROR
     except Exception as exc:  # a crash: the supervisor names the stage and stops the pipeline
         log.debug("%s crashed:\n%s", stage.name, traceback.format_exc())
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        stage.report(messages.ERROR, message=f"{type(exc).__name__}: {first}".rstrip(": "))
+        name, first = type(exc).__name__, first_line(exc)
+        stage.report(messages.ERROR, message=name if first == name else f"{name}: {first}")
         code = EXIT_CRASH
     finally:
         try:

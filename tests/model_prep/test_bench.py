@@ -39,3 +39,21 @@ def test_bench_reports_every_row(lite0_int8, tmp_path):
 def test_duration_must_be_positive():
     with pytest.raises(UserError, match="--duration must be positive"):
         BenchOptions(duration=0)
+
+
+@pytest.mark.slow
+def test_inference_precision_applies_to_every_openvino_row(lite0_int8, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli(
+        "model-prep", "bench", str(lite0_int8[0]), "--duration", "0.2",
+        "--inference-precision", "f32", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["variant"]: r for r in read_json(out)["rows"]}
+    assert "OpenVINO FP32, f32 forced" not in rows  # FP32 already runs as f32
+    assert {r["runs_as"] for r in rows.values()} == {"f32"}
+
+
+def test_unknown_inference_precision_is_rejected():
+    with pytest.raises(UserError, match="--inference-precision must be f32, bf16 or f16"):
+        BenchOptions(inference_precision="int4")
