@@ -43,6 +43,15 @@ class FrameSet:
     def array(self) -> np.ndarray:
         return np.stack(self.frames) if self.frames else np.zeros((0, 0, 0, 3), np.uint8)
 
+    def add(self, path: Path, geometry: Geometry, frames_per_video: int) -> int:
+        """Read an image or sample a video, prepare its frames; returns how many were added."""
+        got = _read_any(path, frames_per_video)
+        (self.used if got else self.skipped).append(str(path))
+        for origin, frame in got:
+            self.frames.append(prepare(frame, geometry))
+            self.origins.append(origin)
+        return len(got)
+
 
 def progress(items: Sequence[T], description: str) -> Iterator[T]:
     """Iterate with a progress bar on stderr (rich, as NNCF's own bars) when it is a terminal."""
@@ -133,14 +142,7 @@ def load_frames(
     """Read images, sample videos and prepare every frame; unreadable files are counted."""
     result = FrameSet()
     for path in progress(files, description):
-        frames = _read_any(path, frames_per_video)
-        if not frames:
-            result.skipped.append(str(path))
-            continue
-        result.used.append(str(path))
-        for origin, frame in frames:
-            result.frames.append(prepare(frame, geometry))
-            result.origins.append(origin)
+        result.add(path, geometry, frames_per_video)
     return result
 
 
@@ -244,15 +246,7 @@ def labelled_folder(
     frames = FrameSet()
     targets: list[int] = []
     for path, target in progress(files, "loading validation set"):
-        got = _read_any(path, frames_per_video)
-        if not got:
-            frames.skipped.append(str(path))
-            continue
-        frames.used.append(str(path))
-        for origin, frame in got:
-            frames.frames.append(prepare(frame, geometry))
-            frames.origins.append(origin)
-            targets.append(target)
+        targets += [target] * frames.add(path, geometry, frames_per_video)
     report_skipped(frames, "validation")
     return Labelled(frames, targets, classes)
 
