@@ -50,17 +50,29 @@ def clip_factory(tmp_path_factory):
     return make
 
 
-def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    """Run a console entry point (`ovstream` or `model-prep`) as a real subprocess."""
-    tool, *rest = args
+def cli_command(tool: str, *args: str) -> list[str]:
+    """The command line of a console entry point (`ovstream` or `model-prep`) in this venv."""
     module = {"ovstream": "stream.cli", "model-prep": "model_prep.cli"}[tool]
+    return [sys.executable, "-m", module, *args]
+
+
+def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run a console entry point as a real subprocess, to the end (with a timeout)."""
     return subprocess.run(
-        [sys.executable, "-m", module, *rest],
+        cli_command(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=kw.pop("cwd", ROOT),
         **kw,
+    )
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """Start a console entry point in the background, stdout/stderr piped as text; the caller
+    waits for it with a timeout (communicate/wait) and kills it in a `finally`."""
+    return subprocess.Popen(
+        cli_command(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

@@ -22,7 +22,7 @@ from stream import Pipeline, PipelineConfig
 from stream.live import LiveOptions
 from stream.messages import load_schema, load_status_schema
 from stream.transport import free_tcp_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, start_cli
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
 
@@ -43,26 +43,18 @@ class LiveRun:
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.results: list[dict] = []
         self.status: list[dict] = []
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stream.cli",
-                "-v",
-                "run",
-                *args,
-                "--publish",
-                self.endpoint,
-                "--output",
-                str(self.jsonl),
-                "--wait-subscribers",
-                "1",
-                "--no-progress",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        self.proc = start_cli(
+            "ovstream",
+            "-v",
+            "run",
+            *args,
+            "--publish",
+            self.endpoint,
+            "--output",
+            str(self.jsonl),
+            "--wait-subscribers",
+            "1",
+            "--no-progress",
         )
         self.sub.connect(self.endpoint)
         self.out = self.err = ""

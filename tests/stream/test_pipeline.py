@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import zmq
 from stream import Pipeline, PipelineConfig, PipelineError
 from stream.messages import load_schema
 from stream.transport import TransportConfig, free_tcp_port
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli, start_cli
 
 from .conftest import count_frames, wait_for
 
@@ -92,22 +90,14 @@ def test_subscriber_receives_exactly_the_jsonl_records(clips, model, tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     out = tmp_path / "results.jsonl"
     total = sum(len(count_frames(p)) for p in clips.values())
-    sub = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stream.cli",
-            "subscribe",
-            endpoint,
-            "--count",
-            str(total),
-            "--timeout",
-            "120",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    sub = start_cli(
+        "ovstream",
+        "subscribe",
+        endpoint,
+        "--count",
+        str(total),
+        "--timeout",
+        "120",
     )
     try:
         proc = run_cli(
@@ -166,25 +156,17 @@ def test_topic_filter_keeps_one_stream(clips, model):
 def test_sigint_drains_and_exits_0(clip_factory, model, tmp_path):
     clip = clip_factory(160, 90, 25, 300, name="long")
     out = tmp_path / "results.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stream.cli",
-            "run",
-            str(clip),
-            "--model",
-            str(model),
-            "--publish",
-            "none",
-            "--output",
-            str(out),
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_cli(
+        "ovstream",
+        "run",
+        str(clip),
+        "--model",
+        str(model),
+        "--publish",
+        "none",
+        "--output",
+        str(out),
+        "--no-progress",
     )
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 0, 120, "the first result")
@@ -202,23 +184,15 @@ def test_sigint_drains_and_exits_0(clip_factory, model, tmp_path):
 
 def test_killed_stage_stops_the_run_and_is_named(clip_factory, model, tmp_path):
     clip = clip_factory(160, 90, 25, 300, name="long")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stream.cli",
-            "run",
-            str(clip),
-            "--model",
-            str(model),
-            "--publish",
-            "none",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_cli(
+        "ovstream",
+        "run",
+        str(clip),
+        "--model",
+        str(model),
+        "--publish",
+        "none",
+        "--no-progress",
     )
     try:
         parent = psutil.Process(proc.pid)
