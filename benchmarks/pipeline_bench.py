@@ -6,7 +6,7 @@
 For each generated H.264 clip (1080p and 640x360 by default) it measures:
 - pure inference FPS of the same IR (AsyncInferQueue, THROUGHPUT hint, no decoding);
 - decode-only CPU per frame (PyAV, same threading as capture; process CPU time), and decode plus
-  the early downscale+BGR conversion capture actually does;
+  the model input as capture makes it (window crop, resize, BGR in one swscale pass);
 - limit = 1 / (1/pure_fps + decode_cpu_s_per_frame / cores), the ceiling when decoding and
   inference share the cores, and the pipeline's ratio to it;
 - the pipeline's end-to-end FPS (steady state: results after the first, over the time between
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stream import Pipeline, PipelineConfig  # noqa: E402
-from stream.capture import scaled_bgr  # noqa: E402
+from stream.capture import WindowScaler  # noqa: E402
 from stream.geometry import prepare  # noqa: E402
 from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
 
@@ -85,7 +85,9 @@ def pure_inference_fps(info: ModelInfo, device: str, frames: int) -> tuple[float
 
 
 def decode_cpu_per_frame(clip: Path, info: ModelInfo, scale: bool) -> float:
-    """Process CPU seconds per frame to decode the clip (and, with `scale`, downscale to BGR)."""
+    """Process CPU seconds per frame to decode the clip (and, with `scale`, make the model input
+    from it as capture does: crop the window, resize and convert to BGR in one swscale pass)."""
+    scaler = WindowScaler(info.geometry)
     start = cpu_seconds()
     n = 0
     with av.open(str(clip)) as container:
@@ -93,7 +95,7 @@ def decode_cpu_per_frame(clip: Path, info: ModelInfo, scale: bool) -> float:
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             if scale:
-                scaled_bgr(frame, info.geometry)
+                scaler(frame)
             n += 1
     return (cpu_seconds() - start) / n
 
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         "pure = AsyncInferQueue THROUGHPUT FPS; dec ms = decode-only CPU ms/frame; dec+sc = with "
-        "capture's downscale; limit = 1/(1/pure + dec/cores); pipe = steady-state end-to-end FPS;"
+        "capture's crop+resize to the model input; limit = 1/(1/pure + dec/cores); "
+        "pipe = steady-state end-to-end FPS;"
         " wall* = FPS including start-up; peak MB = sampled RSS sum of all processes"
     )
     if args.json:

@@ -1,7 +1,15 @@
 """The one geometric preprocessing policy: how a frame of any size becomes the model's input.
 
-Every caller uses it: single-image classification, the pipeline's preprocess stage, calibration,
-validation and the export-time parity check. Colour conversion and normalisation are *not* here;
+The policy is a source window (`Geometry.source_window`): the part of a frame that becomes the
+model input when it is resized to the input size. For the default, torchvision's
+Resize(256)+CenterCrop(224), the window is the centre crop mapped back to source pixels, so
+cropping first and resizing once gives the same input (up to the window's rounding to whole
+source pixels) for a fraction of the work: a 1080p frame is cropped to 945x945, not resized
+whole to 455x256 and then cropped.
+
+Two executors apply the same window: `prepare` (OpenCV, for images: classification, calibration,
+validation, the export-time parity check) and the capture stage's decoder-side scaler (FFmpeg's
+crop and scale filters, for video frames). Colour conversion and normalisation are *not* here;
 they are built into the OpenVINO IR, which takes u8 NHWC BGR tensors of the model's input size.
 """
 
@@ -52,6 +60,29 @@ class Geometry:
             return self.resize_shorter, int(self.resize_shorter * src_height / short)
         return int(self.resize_shorter * src_width / short), self.resize_shorter
 
+    def source_window(self, src_width: int, src_height: int) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of the part of a source frame that becomes the model input.
+
+        Resizing this window to the input size is the policy. Offsets and sizes are rounded to
+        whole source pixels (a shift of at most half a source pixel from torchvision's order of
+        resize-then-crop) and the window stays inside the frame.
+        """
+        if self.policy == "resize":
+            return 0, 0, src_width, src_height
+        sw, sh = self.scaled_size(src_width, src_height)
+        sx, sy = sw / src_width, sh / src_height
+        # The centre crop in resized coordinates, as prepare() did it before the crop moved first.
+        left = round((sw - self.width) / 2.0)
+        top = round((sh - self.height) / 2.0)
+        width = min(src_width, max(1, round(self.width / sx)))
+        height = min(src_height, max(1, round(self.height / sy)))
+        return (
+            _offset(left / sx, width, src_width),
+            _offset(top / sy, height, src_height),
+            width,
+            height,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -60,6 +91,11 @@ class Geometry:
         return cls(
             **{k: data[k] for k in ("width", "height", "policy", "resize_shorter") if k in data}
         )
+
+
+def _offset(offset: float, length: int, total: int) -> int:
+    """`offset` rounded to a whole pixel, keeping [offset, offset + length) inside [0, total)."""
+    return max(0, min(round(offset), total - length))
 
 
 def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -72,22 +108,10 @@ def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def prepare(frame: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Turn an HxWx3 u8 BGR frame of any size into the model's input (contiguous u8 BGR HxWx3).
-
-    A frame that a decoder already scaled to `geometry.scaled_size(...)` skips the resize, so the
-    pipeline can downscale early (in the decoder) and still go through this one function.
-    """
+    """Turn an HxWx3 u8 BGR frame of any size into the model's input (contiguous u8 BGR HxWx3)."""
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 frame, got shape {frame.shape} {frame.dtype}")
     h, w = frame.shape[:2]
-    if geometry.policy == "resize":
-        out = resize(frame, (geometry.width, geometry.height))
-    else:
-        sw, sh = geometry.scaled_size(w, h)
-        if (sw, sh) != (w, h):  # a frame the decoder already scaled keeps its size here
-            frame = resize(frame, (sw, sh))
-            h, w = sh, sw
-        top = int(round((h - geometry.height) / 2.0))
-        left = int(round((w - geometry.width) / 2.0))
-        out = frame[top : top + geometry.height, left : left + geometry.width]
+    x, y, ww, wh = geometry.source_window(w, h)
+    out = resize(frame[y : y + wh, x : x + ww], (geometry.width, geometry.height))
     return np.ascontiguousarray(out)

@@ -43,7 +43,7 @@ STATUS_EVENTS = (
 )
 
 # Data kinds flow downstream between stages; control kinds go from a stage to the supervisor.
-FRAME = "frame"  # a decoded (already downscaled) BGR frame, capture -> preprocess
+FRAME = "frame"  # a BGR frame (meta["prepared"]: the model input already), capture -> preprocess
 TENSOR = "tensor"  # the model input, preprocess -> infer
 LOGITS = "logits"  # raw model output, infer -> publish
 EOS = "eos"  # end of one stream; `count` = number of frames sent in it

@@ -1,9 +1,12 @@
 """Preprocess stage: frames from every capture -> the u8 BGR tensor the IR takes.
 
-It applies `stream.geometry.prepare`, the project's one geometric preprocessing function. Capture
-has already done the resize in the decoder, so for the default policy this is a centre crop and
-a contiguous copy (well under a millisecond): the stage stays light and leaves the cores to
-decoding and inference. Colour conversion and normalisation are inside the IR.
+The geometry is the project's one policy (`stream.geometry`). Capture already applies it on the
+decoded YUV frame (`capture.WindowScaler`: crop the source window, resize and convert to BGR in
+one swscale pass), which costs a quarter of converting the whole frame and resizing it here, so
+its frames arrive marked `prepared`: this stage checks they are the model input and passes them
+on without a copy. Any other BGR frame goes through `stream.geometry.prepare`. Frames of every
+source meet here, and malformed ones stop here. Colour conversion and normalisation are inside
+the IR.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import zmq
 
 from stream import messages
@@ -32,8 +36,21 @@ class PreprocessConfig:
 
 
 def to_tensor(msg: messages.Message, geometry: Geometry) -> list:
-    """The TENSOR message (multipart frames) for one FRAME message."""
-    tensor = prepare(msg.arrays[0], geometry)
+    """The TENSOR message (multipart frames) for one FRAME message; ValueError if it is no frame.
+
+    A frame marked `prepared` (capture's, made by the decoder-side window) must already be the
+    model input and is passed on as it is; any other BGR frame goes through `prepare`.
+    """
+    frame = msg.arrays[0]
+    if msg.meta.get("prepared"):
+        expected = (geometry.height, geometry.width, 3)
+        if frame.shape != expected or frame.dtype != np.uint8:
+            raise ValueError(
+                f"prepared frame is {frame.shape} {frame.dtype}, the model takes {expected} uint8"
+            )
+        tensor = frame
+    else:
+        tensor = prepare(frame, geometry)
     return messages.encode(messages.TENSOR, msg.stream, msg.seq, msg.meta, [tensor])
 
 

@@ -10,10 +10,10 @@ from stream.capture import (
     DecodeCounters,
     PtsSampler,
     SourceSpec,
+    WindowScaler,
     decode_frames,
     open_source,
     parse_sources,
-    scaled_bgr,
 )
 from stream.errors import UserError
 from stream.geometry import Geometry, prepare
@@ -64,19 +64,32 @@ def test_sampler_starts_at_the_first_pts():
     ]
 
 
-@pytest.mark.parametrize("size", [(640, 360), (160, 90), (180, 320)])
-def test_decoder_downscale_matches_the_geometry(clip_factory, size):
-    """Frames leave capture at scaled_size and prepare() then gives what it gives full frames."""
+@pytest.mark.parametrize("size", [(1920, 1080), (640, 360), (160, 90), (180, 320)])
+def test_decoder_side_window_gives_what_prepare_gives(clip_factory, size):
+    """Capture's crop+scale on the YUV frame == prepare() on the full BGR frame (same window)."""
     geometry = Geometry()
-    clip = clip_factory(*size, 25, 10)
+    clip = clip_factory(*size, 25, 3)
+    scaler = WindowScaler(geometry)
     with av.open(str(clip)) as container:
-        frame = next(container.decode(video=0))
-        small = scaled_bgr(frame, geometry)
-        full = frame.to_ndarray(format="bgr24")
-    assert (small.shape[1], small.shape[0]) == geometry.scaled_size(*size)
-    a, b = prepare(small, geometry), prepare(full, geometry)
-    assert a.shape == b.shape == (224, 224, 3)
-    assert np.abs(a.astype(int) - b.astype(int)).mean() < 3.0
+        for frame in container.decode(video=0):
+            a = scaler(frame)
+            b = prepare(frame.to_ndarray(format="bgr24"), geometry)
+            assert a.shape == b.shape == (224, 224, 3) and a.dtype == np.uint8
+            assert a.flags.c_contiguous
+            assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+
+
+def test_window_scaler_follows_a_change_of_frame_size(clip_factory):
+    """A live stream can come back at another resolution: the scaler rebuilds its filters."""
+    geometry = Geometry(policy="resize", width=160, height=120)
+    scaler = WindowScaler(geometry)
+    for size in [(640, 360), (320, 240), (640, 360)]:
+        with av.open(str(clip_factory(*size, 25, 2))) as container:
+            frame = next(container.decode(video=0))
+            out = scaler(frame)
+            expected = prepare(frame.to_ndarray(format="bgr24"), geometry)
+        assert out.shape == (120, 160, 3)
+        assert np.abs(out.astype(int) - expected.astype(int)).mean() < 2.0
 
 
 @pytest.mark.parametrize("thread_type", ["AUTO", "NONE"])

@@ -1,5 +1,6 @@
 """The one geometric policy: sizes, centring, and early downscaling giving the same input."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -41,14 +42,51 @@ def test_prepare_keeps_channel_order():
     assert (out[..., 0] == 200).all() and (out[..., 1:] == 0).all()
 
 
-def test_pre_scaled_frame_skips_the_resize_and_matches():
-    rng = np.random.default_rng(1)
-    big = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
-    g = Geometry()
-    import cv2
+@pytest.mark.parametrize(
+    ("src", "window"),
+    [
+        ((1920, 1080), (489, 68, 945, 945)),
+        ((640, 360), (163, 22, 315, 315)),
+        ((360, 640), (22, 163, 315, 315)),
+        ((256, 256), (16, 16, 224, 224)),
+        ((100, 50), (28, 3, 44, 44)),
+    ],
+)
+def test_source_window_is_the_centre_crop_in_source_pixels(src, window):
+    assert Geometry().source_window(*src) == window
 
-    small = cv2.resize(big, g.scaled_size(1280, 720), interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(prepare(small, g), prepare(big, g))
+
+@pytest.mark.parametrize("width", range(57, 2000, 97))
+@pytest.mark.parametrize("height", [33, 224, 361, 1080])
+def test_source_window_is_inside_the_frame(width, height):
+    x, y, w, h = Geometry().source_window(width, height)
+    assert x >= 0 and y >= 0 and x + w <= width and y + h <= height
+    # The square crop stays square, up to torchvision's truncation of the resized long side.
+    assert abs(w - h) <= 1 + 0.005 * max(w, h)
+
+
+def test_crop_first_matches_torchvision_order_on_a_photo(photos):
+    """Window then resize == resize the whole frame then centre-crop, up to sub-pixel rounding:
+    close, and no whole-pixel shift of torchvision's crop would match better."""
+    g = Geometry()
+    for img in photos.values():
+        for size in [(1920, 1080), (640, 360), (300, 500)]:
+            frame = cv2.resize(img, size, interpolation=cv2.INTER_CUBIC)
+            got = prepare(frame, g).astype(int)
+            whole = cv2.resize(frame, g.scaled_size(*size), interpolation=cv2.INTER_AREA)
+            h, w = whole.shape[:2]
+            top, left = round((h - 224) / 2), round((w - 224) / 2)
+
+            def diff(dx, dy, whole=whole, top=top, left=left, got=got):
+                crop = whole[top + dy : top + dy + 224, left + dx : left + dx + 224]
+                return np.abs(crop.astype(int) - got).mean()
+
+            assert diff(0, 0) < 4.0
+            assert diff(0, 0) == min(diff(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1))
+
+
+def test_stretch_policy_window_is_the_whole_frame():
+    assert Geometry(policy="resize").source_window(300, 100) == (0, 0, 300, 100)
 
 
 def test_stretch_policy():

@@ -24,8 +24,8 @@ from .conftest import recv_within
 META = {"frame_index": 0, "pts": 0.0, "capture_ts": 1700000000.0}
 
 
-def frame_msg(seq, image, kind=messages.FRAME, stream="s"):
-    return messages.encode(kind, stream, seq, {**META, "frame_index": seq}, [image])
+def frame_msg(seq, image, kind=messages.FRAME, stream="s", **meta):
+    return messages.encode(kind, stream, seq, {**META, "frame_index": seq, **meta}, [image])
 
 
 def eos(count, stream="s"):
@@ -45,12 +45,14 @@ def preprocess_case(model, tmp_path):
     inputs = [
         *GARBAGE,
         frame_msg(0, image, stream="intruder"),  # unknown stream
-        frame_msg(0, image),
+        frame_msg(0, image),  # a full frame: prepared here
         frame_msg(0, image),  # repeated sequence number
-        frame_msg(1, np.zeros((4, 4), np.uint8)),  # not a BGR frame
-        eos(2),
+        frame_msg(1, np.zeros((224, 224, 3), np.uint8), prepared=True),  # capture's: passed on
+        frame_msg(2, np.zeros((4, 4), np.uint8)),  # not a BGR frame
+        frame_msg(3, image, prepared=True),  # "prepared" but not the model input
+        eos(4),
     ]
-    return stage, "frames", "tensors", inputs, 1, 6
+    return stage, "frames", "tensors", inputs, 2, 7
 
 
 def infer_case(model, tmp_path):
