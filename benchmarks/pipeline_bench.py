@@ -9,8 +9,8 @@ For each generated H.264 clip (1080p and 640x360 by default) it measures:
   the model input as capture makes it (window crop, resize, BGR in one swscale pass);
 - limit = 1 / (1/pure_fps + decode_cpu_s_per_frame / cores), the ceiling when decoding and
   inference share the cores, and the pipeline's ratio to it;
-- the pipeline's end-to-end FPS (steady state: results after the first, over the time between
-  the first and the last publish; the wall time including start-up is reported too);
+- the pipeline's end-to-end FPS (steady state: from the result at 10 % of the run to the last,
+  by publish time; the FPS over the wall time including start-up is reported too);
 - the naive single-process loop (cv2.VideoCapture, cv2 resize via prepare, synchronous infer);
 - peak memory of all pipeline processes (sampled RSS sum) and capture->publish latency p50/p95.
 """
@@ -61,7 +61,7 @@ def make_clip(folder: Path, width: int, height: int, frames: int, fps: int = 25)
     return path
 
 
-def pure_inference_fps(info: ModelInfo, device: str, frames: int) -> tuple[float, int]:
+def pure_inference_fps(info: ModelInfo, device: str, seconds: float) -> tuple[float, int]:
     """FPS of AsyncInferQueue with the optimal number of requests on one prepared frame."""
     import openvino as ov
 
@@ -77,9 +77,12 @@ def pure_inference_fps(info: ModelInfo, device: str, frames: int) -> tuple[float
     while time.perf_counter() < warm_until:
         queue.start_async({0: tensor})
     queue.wait_all()
+    frames = 0
     start = time.perf_counter()
-    for _ in range(frames):
+    end = start + seconds
+    while time.perf_counter() < end:
         queue.start_async({0: tensor})
+        frames += 1
     queue.wait_all()
     return frames / (time.perf_counter() - start), nreq
 
@@ -135,9 +138,16 @@ def pipeline_run(clip: Path, model: str, device: str, workdir: Path) -> dict[str
     )
     pipeline = Pipeline(config)
     peak = [0.0]
+    cpu_samples: list[tuple[float, dict[str, float]]] = []
 
     def sample(p: Pipeline) -> None:
         peak[0] = max(peak[0], tree_rss_mb([os.getpid(), *p.pids.values()]))
+        cpu = {"supervisor": cpu_seconds()}
+        for name, pid in p.pids.items():
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                cpu[name.split("[")[0]] = times.user + times.system
+        cpu_samples.append((time.time(), cpu))
 
     wall_start = time.perf_counter()
     summary = pipeline.run(progress=sample, progress_interval_s=0.2)
@@ -145,7 +155,10 @@ def pipeline_run(clip: Path, model: str, device: str, workdir: Path) -> dict[str
     records = [json.loads(line) for line in out.read_text().splitlines()]
     publish = [r["publish_ts"] for r in records]
     latency = sorted(r["latency_ms"] for r in records)
-    steady = (len(records) - 1) / (publish[-1] - publish[0])
+    # Steady state: from the result at 10 % of the run to the last, so start-up (compilation,
+    # first inferences, the queues filling) is left out; fps_with_startup keeps it.
+    first = len(publish) // 10
+    steady = (len(publish) - 1 - first) / (publish[-1] - publish[first])
     return {
         "frames": len(records),
         "fps": steady,
@@ -155,7 +168,25 @@ def pipeline_run(clip: Path, model: str, device: str, workdir: Path) -> dict[str
         "peak_rss_mb_sampled": peak[0],
         "sum_stage_max_rss_mb": sum(s.get("max_rss_mb", 0) for s in summary.stages.values()),
         "stage_cpu_s": {k: v.get("cpu_s") for k, v in summary.stages.items()},
+        "stage_ms": steady_stage_ms(cpu_samples, publish[first], publish[-1], publish),
     }
+
+
+def steady_stage_ms(
+    samples: list[tuple[float, dict[str, float]]], start: float, end: float, publish: list[float]
+) -> dict[str, float]:
+    """CPU ms per result of each process, from the first sample inside the steady-state window
+    to the last one in which every process still runs (capture ends before the last results);
+    results counted by publish time. Empty if the run was too short to tell."""
+    inside = [(t, cpu) for t, cpu in samples if start <= t <= end]
+    if len(inside) < 2:
+        return {}
+    t0, a = inside[0]
+    t1, b = [(t, cpu) for t, cpu in inside if cpu.keys() == a.keys()][-1]
+    results = sum(t0 <= t < t1 for t in publish)
+    if results == 0:
+        return {}
+    return {k: (b[k] - a[k]) * 1e3 / results for k in b if k in a}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="model folder (a parent picks int8/)")
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--sizes", default="1920x1080,640x360", help="clip sizes, WxH,WxH")
-    parser.add_argument("--frames", type=int, default=250, help="frames per clip")
-    parser.add_argument("--pure-frames", type=int, default=300, help="frames for pure inference")
+    parser.add_argument("--frames", type=int, default=800, help="frames per clip")
+    parser.add_argument(
+        "--pure-seconds", type=float, default=5.0, help="how long to measure pure inference"
+    )
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ovstream-bench"))
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
@@ -187,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = []
     for clip, (w, h) in zip(clips, sizes, strict=True):
-        pure, nreq = pure_inference_fps(info, args.device, args.pure_frames)
+        pure, nreq = pure_inference_fps(info, args.device, args.pure_seconds)
         decode = decode_cpu_per_frame(clip, info, scale=False)
         decode_scale = decode_cpu_per_frame(clip, info, scale=True)
         limit = 1.0 / (1.0 / pure + decode / cores)
@@ -230,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         "pipe = steady-state end-to-end FPS;"
         " wall* = FPS including start-up; peak MB = sampled RSS sum of all processes"
     )
+    print("\nCPU ms per frame by process, steady state (sum -> the FPS two cores allow):")
+    for r in rows:
+        ms = r["stage_ms"]
+        if ms:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
+            total = sum(ms.values())
+            print(f"{r['clip']:>9}  {parts} = {total:.2f} -> {cores * 1e3 / total:.0f} FPS")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -1,0 +1,54 @@
+"""benchmarks/pipeline_bench.py end to end on a small clip: every figure is there and the limit
+and ratio are computed as the issue defines them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pipeline_bench_reports_every_figure(model, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks/pipeline_bench.py"),
+        "--model",
+        str(model),
+        "--sizes",
+        "320x180",
+        "--frames",
+        "40",
+        "--pure-seconds",
+        "0.5",
+        "--workdir",
+        str(tmp_path),
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())
+    assert row["clip"] == "320x180" and row["frames"] == 40
+    for key in ("pure_fps", "pipeline_fps", "naive_fps", "decode_ms", "peak_rss_mb_sampled"):
+        assert row[key] > 0, key
+    cores = os.cpu_count() or 1
+    assert row["limit_fps"] == pytest.approx(
+        1 / (1 / row["pure_fps"] + row["decode_ms"] / 1e3 / cores)
+    )
+    assert row["ratio"] == pytest.approx(row["pipeline_fps"] / row["limit_fps"])
+    assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
+    assert set(row["stage_cpu_s"]) == {
+        "capture[bench_320x180_25fps_40f]",
+        "preprocess",
+        "infer",
+        "publish",
+    }
+    table = proc.stdout.splitlines()
+    assert any(line.split()[:1] == ["320x180"] for line in table)
