@@ -4,8 +4,8 @@ Each decoded frame is stamped with the stream id, its index among the frames the
 produced, its pts in seconds and the wall-clock time it was decoded. The model's geometry is
 applied on the decoded YUV frame (`WindowScaler`: FFmpeg crops the source window of
 `Geometry.source_window` and one swscale pass resizes it and converts it to BGR), far cheaper
-than converting the full frame and resizing it with OpenCV; the frame on the wire is the
-224x224 input itself.
+than converting the full frame and resizing it with OpenCV; the frame on the wire is the model's
+input itself (224x224 for the default).
 
 Corrupt packets are skipped and counted, decoding goes on. A source that cannot be read at all
 sends an end-of-stream carrying the error, so the rest of the pipeline (and the other sources)
@@ -166,7 +166,7 @@ class WindowScaler:
     FFmpeg's crop filter takes the geometry's source window (no copy: it moves the plane
     pointers) and one swscale pass resizes it to the input size and converts it to BGR, on this
     thread only. For a 1080p frame that is about a quarter of the CPU of scaling the whole frame
-    to 455x256 and cropping afterwards, and the frame on the wire is the 224x224 tensor itself.
+    to 455x256 and cropping afterwards, and the frame on the wire is the input tensor itself.
     The filter graph is rebuilt when the frame size or pixel format changes (a live stream can
     change resolution on reconnect).
     """
