@@ -79,6 +79,23 @@ def test_decoder_side_window_gives_what_prepare_gives(clip_factory, size):
             assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
 
 
+@pytest.mark.parametrize(
+    ("colorspace", "color_range"), [("ITU601", "MPEG"), ("ITU709", "MPEG"), ("ITU709", "JPEG")]
+)
+def test_decoder_side_window_honours_the_frames_colour_tags(photos, colorspace, color_range):
+    """BT.601/BT.709, limited/full range: the scaler's BGR is what PyAV's conversion gives."""
+    import cv2
+
+    img = cv2.resize(photos["coffee"], (1280, 720), interpolation=cv2.INTER_CUBIC)
+    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(
+        format="yuv420p", dst_colorspace=colorspace, dst_color_range=color_range
+    )
+    got = WindowScaler(Geometry())(frame).astype(int)
+    expected = prepare(frame.to_ndarray(format="bgr24"), Geometry()).astype(int)
+    assert np.abs(got - expected).mean() < 2.0
+    assert np.abs(got - prepare(img, Geometry()).astype(int)).mean() < 3.0  # the photo itself
+
+
 def test_window_scaler_follows_a_change_of_frame_size(clip_factory):
     """A live stream can come back at another resolution: the scaler rebuilds its filters."""
     geometry = Geometry(policy="resize", width=160, height=120)
