@@ -160,6 +160,31 @@ class PtsSampler:
         return True
 
 
+# 8-bit planar formats by chroma subsampling (horizontal, vertical), for `crop_format`.
+PLANAR_8BIT = {(2, 2): "yuv420p", (2, 1): "yuv422p", (4, 1): "yuv411p", (4, 4): "yuv410p"}
+
+
+def crop_format(fmt: av.VideoFormat) -> str | None:
+    """None if FFmpeg's crop can cut `fmt` at any pixel, else the 8-bit planar format to convert
+    to first.
+
+    Cropping at an odd offset is exact for 8-bit planar YUV and for formats without chroma
+    subsampling; for semi-planar (NV12), packed 4:2:2 (YUYV) and high-bit-depth subsampled
+    frames (10-bit HEVC) it would misplace the chroma, so those are converted first (at full
+    size: slower, but only for such sources).
+    """
+    full = av.VideoFormat(fmt.name, 64, 64)
+    sub = (64 // full.chroma_width(), 64 // full.chroma_height())
+    if sub == (1, 1):
+        return None
+    components = fmt.components
+    if all(c.bits == 8 for c in components) and len({c.plane for c in components}) == len(
+        components
+    ):
+        return None
+    return PLANAR_8BIT.get(sub, "yuv444p")
+
+
 class WindowScaler:
     """Decoded frame -> the model's input, u8 BGR: `prepare`'s work, done on the YUV frame.
 
@@ -196,7 +221,12 @@ class WindowScaler:
                 height=frame.height,
                 format=frame.format.name,
                 time_base=frame.time_base or Fraction(1, 90000),
-            ),
+            )
+        ]
+        planar = crop_format(frame.format)
+        if planar is not None:
+            chain.append(graph.add("format", f"pix_fmts={planar}"))
+        chain += [
             graph.add("crop", f"w={width}:h={height}:x={x}:y={y}:exact=1"),
             graph.add(
                 "scale",

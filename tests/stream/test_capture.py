@@ -96,6 +96,23 @@ def test_decoder_side_window_honours_the_frames_colour_tags(photos, colorspace, 
     assert np.abs(got - prepare(img, Geometry()).astype(int)).mean() < 3.0  # the photo itself
 
 
+@pytest.mark.parametrize(
+    "pix_fmt",
+    ["yuv420p", "yuvj420p", "nv12", "yuv420p10le", "yuyv422", "yuv422p", "yuv444p", "bgra"],
+)
+def test_decoder_side_window_handles_every_pixel_layout(photos, pix_fmt):
+    """Semi-planar (NV12: hardware decoders), packed 4:2:2 (YUYV: webcams) and 10-bit frames
+    are cropped at an odd offset (x=163 at 640x360) without misplacing their chroma."""
+    import cv2
+
+    img = cv2.resize(photos["coffee"], (640, 360), interpolation=cv2.INTER_CUBIC)
+    assert Geometry().source_window(640, 360)[0] % 2 == 1
+    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format=pix_fmt)
+    got = WindowScaler(Geometry())(frame).astype(int)
+    expected = prepare(frame.to_ndarray(format="bgr24"), Geometry()).astype(int)
+    assert np.abs(got - expected).mean() < 2.5
+
+
 def test_window_scaler_follows_a_change_of_frame_size(clip_factory):
     """A live stream can come back at another resolution: the scaler rebuilds its filters."""
     geometry = Geometry(policy="resize", width=160, height=120)
