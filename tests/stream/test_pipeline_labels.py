@@ -9,9 +9,12 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from stream import Pipeline, PipelineConfig
 from stream.classify import Classifier
+
+pytestmark = pytest.mark.slow
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "sample.mp4"
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
