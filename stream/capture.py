@@ -579,7 +579,3 @@ class CaptureStage(Stage):
         if self._container is not None:
             self._container.close()
             self._container = None
-        for sock in (self._out, self._status_out):
-            if sock is not None:
-                sock.close()
-        self._out = self._status_out = None

@@ -207,10 +207,6 @@ class InferStage(Stage):
         if self._queue is not None:
             self._queue.wait_all()
             self._queue = None
-        for sock in (self._in, self._out):
-            if sock is not None:
-                sock.close()
-        self._in = self._out = None
         if self._pipe is not None:
             for fd in self._pipe:
                 os.close(fd)

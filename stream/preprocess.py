@@ -101,9 +101,3 @@ class PreprocessStage(Stage):
                 break
         self.complete = tracker.done
         self.tick(force=True)
-
-    def close(self) -> None:
-        for sock in (self._in, self._out):
-            if sock is not None:
-                sock.close()
-        self._in = self._out = None

@@ -267,7 +267,3 @@ class PublishStage(Stage):
         if self._file is not None:
             self._file.close()
             self._file = None
-        for sock in (self._in, self._pub, self._sink, self._status):
-            if sock is not None:
-                sock.close()
-        self._in = self._pub = self._sink = self._status = None

@@ -74,6 +74,7 @@ class Stage:
         self._ppid = -1  # set in the child by stage_main
         self._ctx: zmq.Context | None = None
         self._control: zmq.Socket | None = None
+        self._sockets: list[zmq.Socket] = []  # every socket(), closed by shutdown()
         self._last_stats = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -82,7 +83,8 @@ class Stage:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release what run() opened; safe to call more than once."""
+        """Release what run() opened besides its sockets (shutdown closes those); safe to call
+        more than once."""
 
     def request_stop(self, *_: Any) -> None:
         self._stop = True
@@ -100,21 +102,16 @@ class Stage:
         return self._ctx
 
     def socket(self, kind: int, link: str, bind: bool, **kw: Any) -> zmq.Socket:
-        return open_socket(self.ctx, kind, self.endpoints[link], bind, self.transport, **kw)
+        """A socket on one of the stage's links; shutdown() closes it (with its own linger)."""
+        sock = open_socket(self.ctx, kind, self.endpoints[link], bind, self.transport, **kw)
+        self._sockets.append(sock)
+        return sock
 
     # -- reports to the supervisor -----------------------------------------------------------------
 
     def _control_socket(self) -> zmq.Socket | None:
         if self._control is None and "control" in self.endpoints:
-            self._control = open_socket(
-                self.ctx,
-                zmq.PUSH,
-                self.endpoints["control"],
-                False,
-                self.transport,
-                hwm=1000,
-                linger_ms=2000,
-            )
+            self._control = self.socket(zmq.PUSH, "control", False, hwm=1000, linger_ms=2000)
         return self._control
 
     def report(self, kind: str, stream: str | None = None, wait: bool = True, **meta: Any) -> None:
@@ -161,13 +158,14 @@ class Stage:
         )
 
     def shutdown(self) -> None:
-        """Close the stage's resources and its ZeroMQ context."""
+        """Close the stage's resources, its sockets and its ZeroMQ context."""
         try:
             self.close()
         finally:
-            if self._control is not None:
-                self._control.close()
-                self._control = None
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+            self._control = None
             if self._ctx is not None:
                 # destroy, not term: a socket left open (a bug, or an exception in run) must
                 # not keep the process alive past its linger.
