@@ -25,7 +25,7 @@ import zmq
 from stream import messages
 from stream.model import compile_model, load_info
 from stream.stage import Stage, StreamTracker
-from stream.transport import TransportConfig, send
+from stream.transport import TransportConfig, receive_message, send
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class InferStage(Stage):
                 if pending[stream] == 0 and stream in held_eos:
                     self._forward_eos(held_eos.pop(stream))
             if polling_input and self._in in events:
-                msg, problem = self._receive()
+                msg, problem = receive_message(self._in, 0)  # the poller saw it ready
                 if msg is None:
                     if problem:
                         self.reject(problem)
@@ -186,17 +186,6 @@ class InferStage(Stage):
                 self.stats["inflight"] = inflight
         self.complete = tracker.done
         self.tick(force=True)
-
-    def _receive(self) -> tuple[messages.Message | None, str | None]:
-        assert self._in is not None
-        try:
-            parts = self._in.recv_multipart(copy=False, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return None, None
-        try:
-            return messages.decode(parts), None
-        except messages.MessageError as exc:
-            return None, str(exc)
 
     def _forward_eos(self, msg: messages.Message) -> None:
         parts = messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta)

@@ -151,7 +151,7 @@ class PublishStage(Stage):
             self.tick()
             self._drain_subscriptions()
             self._forward_status()
-            msg, problem = self._receive()
+            msg, problem = receive_message(self._in, self.transport.io_timeout_ms)
             if msg is None:
                 if problem:
                     self.reject(problem)
@@ -210,10 +210,6 @@ class PublishStage(Stage):
                     self.stats["pub_dropped"] += 1
             if self._sink is not None:
                 send(self._sink, [topic, data], self.should_stop)
-
-    def _receive(self) -> tuple[messages.Message | None, str | None]:
-        assert self._in is not None
-        return receive_message(self._in, self.transport.io_timeout_ms)
 
     def _emit(self, record: dict[str, Any]) -> bool:
         data = messages.dump_result(record)
