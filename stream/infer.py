@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import zmq
 
 from stream import messages
@@ -46,15 +45,6 @@ class InferConfig:
     """Extra OpenVINO properties (e.g. NUM_STREAMS, INFERENCE_NUM_THREADS)."""
     mode: str = "throughput"
     """Performance hint: `throughput` (default) or `latency` (lowest delay per frame)."""
-
-
-def check_tensor(arr: np.ndarray, shape: tuple[int, ...]) -> str | None:
-    """None if `arr` fits the model input (H, W, 3 u8), else why not."""
-    if arr.dtype != np.uint8 or tuple(arr.shape) != tuple(shape):
-        return (
-            f"tensor {arr.dtype}{list(arr.shape)} does not fit the model input uint8{list(shape)}"
-        )
-    return None
 
 
 @contextlib.contextmanager
@@ -98,7 +88,6 @@ class InferStage(Stage):
         with captured_stderr():  # a broken IR makes the frontends print; compile_model says why
             compiled = compile_model(info, cfg.device, cfg.mode, cfg.ov_config)
         nreq = cfg.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        shape = (info.geometry.height, info.geometry.width, 3)
         self._queue = ov.AsyncInferQueue(compiled, nreq)
         done: collections.deque = collections.deque()
         rfd, wfd = os.pipe()
@@ -166,7 +155,7 @@ class InferStage(Stage):
                     self.reject(f"unexpected {msg.kind} message on the tensors link")
                     continue
                 if msg.kind == messages.TENSOR:
-                    problem = check_tensor(msg.arrays[0], shape)
+                    problem = info.geometry.input_problem(msg.arrays[0])
                     if problem:
                         self.reject(f"stream {msg.stream!r} frame {msg.seq}: {problem}")
                         continue

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import numpy as np
 import zmq
 
 from stream import messages
@@ -43,11 +42,9 @@ def to_tensor(msg: messages.Message, geometry: Geometry) -> list:
     """
     frame = msg.arrays[0]
     if msg.meta.get("prepared"):
-        expected = (geometry.height, geometry.width, 3)
-        if frame.shape != expected or frame.dtype != np.uint8:
-            raise ValueError(
-                f"prepared frame is {frame.shape} {frame.dtype}, the model takes {expected} uint8"
-            )
+        problem = geometry.input_problem(frame)
+        if problem:
+            raise ValueError(f"prepared frame: {problem}")
         tensor = frame
     else:
         tensor = prepare(frame, geometry)

@@ -113,3 +113,10 @@ def test_bad_geometry_is_rejected(kwargs, message):
 def test_prepare_rejects_non_bgr_frames(frame):
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         prepare(frame, Geometry())
+
+
+def test_input_problem_names_what_is_wrong():
+    g = Geometry()
+    assert g.input_problem(np.zeros((224, 224, 3), np.uint8)) is None
+    assert "uint8[224, 224, 3]" in g.input_problem(np.zeros((200, 224, 3), np.uint8))
+    assert "float32" in g.input_problem(np.zeros((224, 224, 3), np.float32))
