@@ -24,7 +24,7 @@ import zmq
 from stream import messages
 from stream.model import compile_model, load_info
 from stream.stage import Stage, StreamTracker
-from stream.transport import TransportConfig, receive_message, send
+from stream.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,11 @@ class InferStage(Stage):
         log.info("infer: %s %s on %s, %d requests", info.name, info.precision, cfg.device, nreq)
 
         tracker = StreamTracker(cfg.streams)
+
+        def check_input(msg: messages.Message) -> str | None:
+            problem = msg.kind == messages.TENSOR and info.geometry.input_problem(msg.arrays[0])
+            return f"stream {msg.stream!r} frame {msg.seq}: {problem}" if problem else None
+
         pending = collections.Counter()  # requests in flight per stream
         held_eos: dict[str, messages.Message] = {}
         inflight = 0
@@ -146,22 +151,10 @@ class InferStage(Stage):
                 if pending[stream] == 0 and stream in held_eos:
                     self._forward_eos(held_eos.pop(stream))
             if polling_input and self._in in events:
-                msg, problem = receive_message(self._in, 0)  # the poller saw it ready
+                kinds = (messages.TENSOR, messages.EOS)
+                # timeout 0: the poller saw it ready
+                msg = self.receive_checked(self._in, 0, "tensors", kinds, tracker, check_input)
                 if msg is None:
-                    if problem:
-                        self.reject(problem)
-                    continue
-                if msg.kind not in (messages.TENSOR, messages.EOS):
-                    self.reject(f"unexpected {msg.kind} message on the tensors link")
-                    continue
-                if msg.kind == messages.TENSOR:
-                    problem = info.geometry.input_problem(msg.arrays[0])
-                    if problem:
-                        self.reject(f"stream {msg.stream!r} frame {msg.seq}: {problem}")
-                        continue
-                problem = tracker.check(msg)
-                if problem:
-                    self.reject(problem)
                     continue
                 if msg.kind == messages.EOS:
                     if pending[msg.stream] == 0:

@@ -19,7 +19,7 @@ import zmq
 from stream import messages
 from stream.geometry import Geometry, prepare
 from stream.stage import Stage, StreamTracker
-from stream.transport import TransportConfig, receive_message, send
+from stream.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +73,9 @@ class PreprocessStage(Stage):
         timeout = self.transport.io_timeout_ms
         while not tracker.done and not self.should_stop():
             self.tick()
-            msg, problem = receive_message(self._in, timeout)
+            kinds = (messages.FRAME, messages.EOS)
+            msg = self.receive_checked(self._in, timeout, "frames", kinds, tracker)
             if msg is None:
-                if problem:
-                    self.reject(problem)
-                continue
-            if msg.kind not in (messages.FRAME, messages.EOS):
-                self.reject(f"unexpected {msg.kind} message on the frames link")
-                continue
-            problem = tracker.check(msg)
-            if problem:
-                self.reject(problem)
                 continue
             if msg.kind == messages.EOS:
                 parts = messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta)

@@ -147,21 +147,14 @@ class PublishStage(Stage):
         orders = {s: Reorderer() for s in cfg.sources}
         published = {s: 0 for s in cfg.sources}
         self.stats.update(published=published, lost=0, pub_dropped=0, subscriptions=0, status=0)
+        timeout = self.transport.io_timeout_ms
         while not tracker.done and not self.should_stop():
             self.tick()
             self._drain_subscriptions()
             self._forward_status()
-            msg, problem = receive_message(self._in, self.transport.io_timeout_ms)
+            kinds = (messages.LOGITS, messages.EOS)
+            msg = self.receive_checked(self._in, timeout, "logits", kinds, tracker)
             if msg is None:
-                if problem:
-                    self.reject(problem)
-                continue
-            if msg.kind not in (messages.LOGITS, messages.EOS):
-                self.reject(f"unexpected {msg.kind} message on the logits link")
-                continue
-            problem = tracker.check(msg)
-            if problem:
-                self.reject(problem)
                 continue
             if msg.kind == messages.EOS:
                 rest, missing = orders[msg.stream].finish(int(msg.meta["count"]))

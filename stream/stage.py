@@ -22,13 +22,14 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from stream import messages
 from stream.errors import UserError, first_line
-from stream.transport import TransportConfig, open_socket
+from stream.transport import TransportConfig, open_socket, receive_message
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,32 @@ class Stage:
                 if time.monotonic() >= deadline:
                     log.debug("%s: control link full, dropped a %s report", self.name, kind)
                     return
+
+    def receive_checked(
+        self,
+        sock: zmq.Socket,
+        timeout_ms: int,
+        link: str,
+        kinds: tuple[str, ...],
+        tracker: StreamTracker,
+        check: Callable[[messages.Message], str | None] | None = None,
+    ) -> messages.Message | None:
+        """The next well-formed message on `link`, or None: nothing came within `timeout_ms`, or
+        what came was rejected and counted (malformed, a kind not in `kinds`, failing `check`,
+        an unknown stream or sequence number). The stream tracker sees only what passes `check`."""
+        msg, problem = receive_message(sock, timeout_ms)
+        if msg is None:
+            if problem:
+                self.reject(problem)
+            return None
+        if msg.kind not in kinds:
+            self.reject(f"unexpected {msg.kind} message on the {link} link")
+            return None
+        problem = (check(msg) if check else None) or tracker.check(msg)
+        if problem:
+            self.reject(problem)
+            return None
+        return msg
 
     def reject(self, reason: str) -> None:
         """Count and log a malformed message; the stage carries on."""
