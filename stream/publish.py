@@ -255,6 +255,8 @@ class PublishStage(Stage):
         deadline = time.monotonic() + self.config.subscriber_timeout_s
         seen = 0
         while seen < want and not self.should_stop():
+            self.stats["waiting_subscribers"] = want - seen
+            self.tick()
             if time.monotonic() > deadline:
                 log.warning(
                     "publish: only %d of %d subscriber(s) after %.0f s; going on",
@@ -266,6 +268,7 @@ class PublishStage(Stage):
             if self._pub.poll(self.transport.io_timeout_ms, zmq.POLLIN):
                 seen += self._drain_subscriptions()
         self.stats["subscriptions"] = seen
+        self.stats["waiting_subscribers"] = 0
 
     def close(self) -> None:
         if self._file is not None:

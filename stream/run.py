@@ -105,6 +105,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hold results until N subscribers have connected to --publish",
     )
     parser.add_argument(
+        "--subscriber-timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="with --wait-subscribers: go on after S s without them, with a warning (default 30)",
+    )
+    parser.add_argument(
         "--transport",
         choices=("ipc", "tcp"),
         default="ipc",
@@ -174,6 +181,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         topk=args.topk,
         requests=args.requests,
         wait_subscribers=args.wait_subscribers,
+        subscriber_timeout_s=args.subscriber_timeout,
         jobs=args.jobs,
         transport=TransportConfig(scheme=args.transport),
         mode=args.mode,
@@ -214,7 +222,7 @@ class Progress:
                 if state and state != "connected":
                     text += f", {str(state).replace('_', ' ')}"
             parts.append(text + ")")
-        if snap["total"] > len(parts):  # more sources than run at once: how far along
+        if snap["total"] > pipeline.config.max_jobs:  # a pool of captures: how far along
             parts.insert(0, f"{snap['ended']}/{snap['total']} sources done")
         if snap.get("waiting_subscribers"):
             parts.insert(0, f"waiting for {snap['waiting_subscribers']} subscriber(s)")
