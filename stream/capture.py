@@ -118,8 +118,8 @@ def parse_sources(texts: list[str | SourceSpec]) -> list[SourceSpec]:
 class CaptureConfig:
     """What one capture process reads and how."""
 
-    source: SourceSpec
-    """The source and its stream id."""
+    source: SourceSpec | None
+    """The source and its stream id; None for a pool worker, which is given files one by one."""
     geometry: Geometry = field(default_factory=Geometry)
     """The model's geometry; frames leave capture as the model's input (`WindowScaler`)."""
     fps: float | None = None
@@ -339,14 +339,27 @@ def decode_frames(
 
 
 class CaptureStage(Stage):
-    """Decodes one source and pushes its frames, then its end of stream, to preprocess."""
+    """Decodes its sources and pushes their frames, then each one's end of stream, to preprocess.
+
+    With `config.source` set, the stage reads that one source (every live source has its own
+    process). Without, it is a pool worker: it asks the supervisor for the next file on the
+    command link until none is left, so a thousand files need no more than `jobs` processes.
+    """
 
     def __init__(
-        self, config: CaptureConfig, transport: TransportConfig, endpoints: dict[str, str]
+        self,
+        config: CaptureConfig,
+        transport: TransportConfig,
+        endpoints: dict[str, str],
+        worker: int | None = None,
     ) -> None:
         super().__init__(transport, endpoints)
         self.config = config
-        self.name = f"capture[{config.source.stream_id}]"
+        if config.source is not None:
+            self.name = f"capture[{config.source.stream_id}]"
+        else:
+            self.name = f"capture[#{worker or 0}]"
+        self._spec: SourceSpec | None = config.source
         self._out: zmq.Socket | None = None
         self._status_out: zmq.Socket | None = None
         self._container: Any = None
@@ -357,10 +370,14 @@ class CaptureStage(Stage):
         self._failures = 0
         self._scale = WindowScaler(config.geometry)
 
+    @property
+    def spec(self) -> SourceSpec:
+        """The source being read now."""
+        assert self._spec is not None
+        return self._spec
+
     def run(self) -> None:
-        cfg = self.config
-        sid = cfg.source.stream_id
-        live = cfg.source.is_live
+        live = self.config.source is not None and self.config.source.is_live
         self._out = self.socket(zmq.PUSH, "frames", bind=False, **({"hwm": 1} if live else {}))
         if "status" in self.endpoints:
             self._status_out = self.socket(
@@ -368,16 +385,50 @@ class CaptureStage(Stage):
             )
         self.report(messages.READY)
         self.stats.update(frames=0, decoded=0, skipped=0, live=live, dropped=0, reconnects=0)
+        if self.config.source is not None:
+            self.complete = self._read(self.config.source)
+            return
+        self.stats.update(streams_done=0)
+        complete = True
+        while True:
+            assignment = self.next_assignment()
+            if assignment is None:  # aborted
+                return
+            for stream_id in assignment.get("skip") or []:
+                complete &= self._end_unread(str(stream_id))
+            source = assignment.get("source")
+            if isinstance(source, dict):
+                spec = SourceSpec(
+                    str(source["stream_id"]), str(source["url"]), False, source.get("fps")
+                )
+                complete &= self._read(spec)
+                self.stats["streams_done"] += 1
+            elif not assignment.get("skip"):
+                break  # no file left
+        self.complete = complete
+
+    def _read(self, spec: SourceSpec) -> bool:
+        """Read one source to its end (or a stop) and send its end of stream."""
+        self._spec = spec
+        self._counters = DecodeCounters()
+        self._sent = 0
+        self._slot = None
+        self._late_drops = 0
+        self._failures = 0
+        self.stats.update(stream=spec.stream_id, frames=0, decoded=0, last_error=None)
+        live = spec.is_live
         if live:
             error, stopped = self._run_live()
         else:
             error, stopped = self._run_file()
         counters = self._counters
         seq = self._sent
-        # A live stream's packets before its first keyframe (and what is in the decoder when a
-        # connection drops) never become frames; only packets the decoder rejected count there.
-        skipped = counters.decode_errors if live else counters.skipped
-        self.stats.update(frames=seq, decoded=counters.decoded, skipped=skipped)
+        # What a stop left in the decoder was not reached, and a live stream's packets before
+        # its first keyframe (and what is in the decoder when a connection drops) never become
+        # frames: only packets the decoder rejected count as skipped there.
+        skipped = counters.decode_errors if (live or stopped) else counters.skipped
+        if live and not error and counters.decoded == 0 and self.stats.get("last_error"):
+            error = f"no frames: never connected; last problem: {self.stats['last_error']}"
         eos = {
             "count": seq,
             "decoded": counters.decoded,
@@ -385,22 +436,30 @@ class CaptureStage(Stage):
             "decode_errors": counters.decode_errors,
             "corrupt_frames": counters.corrupt_frames,
             "dropped": self._dropped(),
+            "reconnects": int(self.stats.get("reconnects", 0)),
+            "last_error": self.stats.get("last_error"),
             "stopped": stopped,
             "error": error,
         }
-        self.stats.update(eos)
+        self.stats.update(eos, frames=seq)
         if error:
-            self.report(messages.ERROR, stream=sid, message=error, source_error=True)
+            self.report(messages.ERROR, stream=spec.stream_id, message=error, source_error=True)
         self._status("end_of_stream", stopped=stopped)  # before the EOS, which ends publish
-        self.complete = self._send_eos(seq, eos)
+        return self._send_eos(seq, eos)
+
+    def _end_unread(self, stream_id: str) -> bool:
+        """End a stream that a stop left unread: an end of stream with nothing before it."""
+        eos = {"count": 0, "decoded": 0, "skipped": 0, "stopped": True, "unread": True}
+        self._spec = SourceSpec(stream_id, stream_id, False)
+        return self._send_eos(0, eos)
 
     # -- files: lossless, blocking backpressure --------------------------------------------------
 
     def _run_file(self) -> tuple[str | None, bool]:
         cfg = self.config
-        url = cfg.source.url
+        url = self.spec.url
         counters = self._counters
-        sampler = PtsSampler(cfg.fps)
+        sampler = PtsSampler(self.spec.fps if self.spec.fps is not None else cfg.fps)
         error: str | None = None
         stopped = False
         try:
@@ -422,11 +481,13 @@ class CaptureStage(Stage):
                 self.stats["frames"] = self._sent
                 self.tick()
             if counters.decoded == 0 and not stopped:
-                error = f"{cfg.source.masked_url}: no frames could be decoded"
+                error = f"{self.spec.masked_url}: no frames could be decoded"
         except UserError as exc:
             error = scrub(str(exc), url)
         except av.FFmpegError as exc:
             error = scrub(f"{url}: {exc}", url)
+        finally:
+            self.close()  # a pool worker goes on to its next file
         if error:
             self._status("error", reason=error)
         return error, stopped
@@ -449,7 +510,7 @@ class CaptureStage(Stage):
     ) -> list:
         """A FRAME message; `prepared`: the image is already the model input (WindowScaler)."""
         meta = {"frame_index": index, "pts": pts, "capture_ts": capture_ts, "prepared": True}
-        return messages.encode(messages.FRAME, self.config.source.stream_id, seq, meta, [image])
+        return messages.encode(messages.FRAME, self.spec.stream_id, seq, meta, [image])
 
     # -- live: reconnect, never fall behind ------------------------------------------------------
 
@@ -457,15 +518,16 @@ class CaptureStage(Stage):
         """Decode on this thread, send the newest frame from a sender thread; until stopped."""
         cfg = self.config
         thread_type = "SLICE" if cfg.thread_type == "AUTO" else cfg.thread_type
-        sampler = PtsSampler(cfg.fps)  # by capture time: live pts restart and jump
+        spec = self.spec
+        sampler = PtsSampler(spec.fps if spec.fps is not None else cfg.fps)  # by capture time
         slot = self._slot = LatestSlot()
         sender = threading.Thread(target=self._sender, args=(slot,), name="sender", daemon=True)
         sender.start()
         error: str | None = None
         try:
             frames = live_frames(
-                cfg.source.url,
-                cfg.live,
+                spec.url,
+                spec.options or cfg.live,
                 self._counters,
                 decode_frames,
                 self._status,
@@ -482,7 +544,7 @@ class CaptureStage(Stage):
                 )
                 self.tick()
         except Exception as exc:  # never let a password escape in a crash report
-            error = scrub(f"{type(exc).__name__}: {exc}", cfg.source.url)
+            error = scrub(f"{type(exc).__name__}: {exc}", spec.url)
             log.debug("%s: %s", self.name, error)
         finally:
             slot.discard()
@@ -521,7 +583,7 @@ class CaptureStage(Stage):
 
     def _status(self, event: str, **fields: Any) -> None:
         """Publish a status event (never blocks; counted if the link is full) and log it."""
-        src = self.config.source
+        src = self.spec
         if event == "error":
             self._failures += 1
         elif event == "connected":
@@ -567,7 +629,7 @@ class CaptureStage(Stage):
     # -- end ------------------------------------------------------------------------------------
 
     def _send_eos(self, count: int, meta: dict[str, Any]) -> bool:
-        parts = messages.encode(messages.EOS, self.config.source.stream_id, count, meta)
+        parts = messages.encode(messages.EOS, self.spec.stream_id, count, meta)
         deadline = time.monotonic() + EOS_SEND_TIMEOUT_S
         assert self._out is not None
         if not send(self._out, parts, lambda: time.monotonic() > deadline):

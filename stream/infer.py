@@ -157,6 +157,7 @@ class InferStage(Stage):
                 if msg is None:
                     continue
                 if msg.kind == messages.EOS:
+                    self.eos_seen(msg)
                     if pending[msg.stream] == 0:
                         self._forward_eos(msg)
                     else:

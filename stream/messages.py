@@ -52,8 +52,21 @@ READY = "ready"  # a stage opened its resources
 STATS = "stats"  # a stage's counters (periodic, and final when it exits)
 ERROR = "error"  # a fatal problem in a stage, or a failed source (with `stream`)
 STATUS = "status"  # a source status event (meta["status"]: the public record), capture -> publish
-KINDS = (FRAME, TENSOR, LOGITS, EOS, RESULT, READY, STATS, ERROR, STATUS)
+EOS_SEEN = "eos_seen"  # a stage received a stream's end of stream (meta: that EOS's), -> supervisor
+COMMAND = "command"  # supervisor <-> stage on the command link (meta["command"]: one of COMMANDS)
+KINDS = (FRAME, TENSOR, LOGITS, EOS, RESULT, READY, STATS, ERROR, STATUS, EOS_SEEN, COMMAND)
 DATA_KINDS = (FRAME, TENSOR, LOGITS)
+
+SINK_END = b"end"
+"""On the sink link (publish -> the Python API), `[b"", SINK_END, report JSON]` follows the last
+result of a stream; results are `[stream_id, JSON]` and status events `[_status/id, JSON]`."""
+
+# Commands on the command link. Stage -> supervisor: `hello` (its route), `next` (a capture
+# worker wants its next source). Supervisor -> stage: `stop` (captures: stop reading, end your
+# streams), `release` (everything you sent has been confirmed downstream: you may exit), `abort`
+# (leave now), `assign` (meta["source"]: a file to read, or none left; meta["skip"]: stream ids
+# to end at once, unread, after a stop).
+COMMANDS = ("hello", "next", "stop", "release", "abort", "assign")
 
 DTYPES = ("uint8", "float32", "float16", "int32", "int64")
 MAX_HEADER_BYTES = 64 * 1024

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -97,8 +98,14 @@ class PipelineConfig:
     """A stage that is not ready after this long fails the run (model compilation included)."""
     drain_timeout_s: float = 60.0
     """After a stop request, give up draining after this long."""
+    jobs: int = 0
+    """At most this many files are decoded at once, by a pool of capture workers that each take
+    the next file when they finish one; 0 = the number of CPU cores. Live sources each have a
+    capture process of their own on top."""
 
     def __post_init__(self) -> None:
+        if self.jobs < 0:
+            raise UserError(f"jobs must be >= 0, got {self.jobs}")
         if isinstance(self.sources, str):
             raise UserError("sources must be a list of paths, not one string")
         self.sources = [s if isinstance(s, SourceSpec) else str(s) for s in self.sources]
@@ -113,6 +120,11 @@ class PipelineConfig:
             raise UserError(f"wait_subscribers must be >= 0, got {self.wait_subscribers}")
         for spec in self.specs:
             self.capture_config(spec)  # checks fps and threading
+
+    @property
+    def max_jobs(self) -> int:
+        """Capture workers for files: `jobs`, or the number of cores."""
+        return self.jobs or os.cpu_count() or 1
 
     def capture_config(self, spec: SourceSpec, geometry: Any = None) -> CaptureConfig:
         """The capture settings of one source: its own where it has them, else the pipeline's."""
@@ -171,6 +183,8 @@ class RunSummary:
     """The failure is the user's to fix (a model that does not load, an endpoint in use)."""
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Final counters of every stage (frames, rejected, cpu_s, max_rss_mb...)."""
+    rejected: int = 0
+    """Malformed or unexpected messages rejected, by every stage and the supervisor."""
 
     @property
     def exit_code(self) -> int:
@@ -196,6 +210,7 @@ class Pipeline:
         self._run_dir: Path | None = None
         self._t0 = 0.0
         self._old_handlers: dict[int, Any] = {}
+        self._specs = {spec.stream_id: spec for spec in config.specs}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -232,9 +247,19 @@ class Pipeline:
             ),
             PreprocessStage(PreprocessConfig(streams, info.geometry), cfg.transport, endpoints),
         ]
+        files = [spec for spec in cfg.specs if not spec.is_live]
+        pool = len(files) > cfg.max_jobs
         for spec in cfg.specs:
-            capture = cfg.capture_config(spec, info.geometry)
-            stages.append(CaptureStage(capture, cfg.transport, endpoints))
+            if spec.is_live or not pool:
+                capture = cfg.capture_config(spec, info.geometry)
+                stages.append(CaptureStage(capture, cfg.transport, endpoints))
+        if pool:
+            worker = CaptureConfig(None, info.geometry, cfg.fps, cfg.decoder_threads, cfg.live)
+            for k in range(cfg.max_jobs):
+                stages.append(CaptureStage(worker, cfg.transport, endpoints, worker=k))
+        downstream = {s.name: "preprocess" for s in stages if isinstance(s, CaptureStage)}
+        downstream.update(preprocess="infer", infer="publish")
+        queue = [{"stream_id": f.stream_id, "url": f.url, "fps": f.fps} for f in files]
         self.supervisor = Supervisor(
             stages,
             endpoints,
@@ -242,6 +267,9 @@ class Pipeline:
             collect=collect,
             startup_timeout_s=cfg.startup_timeout_s,
             drain_timeout_s=cfg.drain_timeout_s,
+            streams=streams,
+            files=queue if pool else [],
+            downstream=downstream,
         )
         self._t0 = time.monotonic()
         self.supervisor.start()
@@ -284,22 +312,25 @@ class Pipeline:
         progress: Callable[[Pipeline], None] | None = None,
         progress_interval_s: float = 0.5,
         on_result: Callable[[dict[str, Any]], None] | None = None,
+        on_stream_end: Callable[[str, SourceReport], None] | None = None,
     ) -> RunSummary:
         """Run to the end (SIGINT/SIGTERM drain and stop); returns the summary.
 
         Raises PipelineError if a stage died. Results go to `publish`/`output`, and to
-        `on_result` (in frame order per stream) when it is given.
+        `on_result` (in frame order per stream) when it is given; `on_stream_end` is called
+        once per stream, after its last result, with its report.
         """
-        if self.supervisor is None:
-            self.start(collect=on_result is not None)
-        assert self.supervisor is not None
         last = 0.0
         with self._signals():
+            if self.supervisor is None:
+                self.start(collect=on_result is not None or on_stream_end is not None)
+            assert self.supervisor is not None
             try:
                 while not self.supervisor.finished:
                     for data in self.supervisor.step(100):
                         if on_result is not None:
                             on_result(json.loads(data))
+                    self._stream_ends(on_stream_end)
                     if progress and time.monotonic() - last >= progress_interval_s:
                         last = time.monotonic()
                         progress(self)
@@ -312,19 +343,31 @@ class Pipeline:
 
     def results(self) -> Iterator[dict[str, Any]]:
         """Start (if needed) and yield every result record, in frame order per stream."""
-        if self.supervisor is None:
-            self.start(collect=True)
-        assert self.supervisor is not None
-        if not self.supervisor.collect:
-            raise RuntimeError("this pipeline was started without collect=True")
         with self._signals():
+            if self.supervisor is None:
+                self.start(collect=True)
+            assert self.supervisor is not None
+            if not self.supervisor.collect:
+                raise RuntimeError("this pipeline was started without collect=True")
             try:
                 while not self.supervisor.finished:
                     for data in self.supervisor.step(100):
                         yield json.loads(data)
+                    self._stream_ends(None)
             finally:
                 self.close()
         self._finish()
+
+    def _stream_ends(self, callback: Callable[[str, SourceReport], None] | None) -> None:
+        sup = self.supervisor
+        assert sup is not None
+        ended, sup.ended = sup.ended, []
+        if callback is None:
+            return
+        for stream_id, report in ended:
+            spec = self._specs.get(stream_id)
+            if spec is not None:
+                callback(stream_id, source_report(spec, report))
 
     def _finish(self) -> RunSummary:
         assert self.summary is not None
@@ -367,14 +410,18 @@ class Pipeline:
             sup.request_stop()
 
     def snapshot(self) -> dict[str, Any]:
-        """Live counters: per-stream frames captured and published, in-flight count."""
+        """Live counters: per active stream frames captured and published; files done; in
+        flight."""
         sup = self.supervisor
         if sup is None:
             return {}
-        published = sup.stats("publish").get("published", {})
+        publish = sup.stats("publish")
+        published = publish.get("published", {})
         streams = {}
         for state in sup.capture_states():
-            sid = state.name[len("capture[") : -1]
+            sid = state.stats.get("stream")
+            if sid is None or sid in sup.stream_reports or sid not in published:
+                continue  # not started, or ended
             streams[sid] = {
                 "captured": int(state.stats.get("frames", 0)),
                 "published": int(published.get(sid, 0)),
@@ -387,7 +434,11 @@ class Pipeline:
         return {
             "elapsed_s": time.monotonic() - self._t0,
             "streams": streams,
+            "ended": len(sup.stream_reports),
+            "total": len(self.config.specs),
+            "results": int(publish.get("results", 0)),
             "in_flight": max(0, captured - done),
+            "waiting_subscribers": publish.get("waiting_subscribers"),
         }
 
     def _summarise(self) -> RunSummary:
@@ -396,24 +447,13 @@ class Pipeline:
         published = sup.stats("publish").get("published", {})
         reports = []
         for spec in self.config.specs:
-            st = sup.stats(f"capture[{spec.stream_id}]")
-            error = sup.source_errors.get(spec.stream_id) or st.get("error")
-            reports.append(
-                SourceReport(
-                    stream_id=spec.stream_id,
-                    source=spec.masked_url,
-                    frames=int(st.get("frames", 0)),
-                    published=int(published.get(spec.stream_id, 0)),
-                    decoded=int(st.get("decoded", 0)),
-                    skipped=int(st.get("skipped", 0)),
-                    live=spec.is_live,
-                    dropped=int(st.get("dropped", 0)),
-                    reconnects=int(st.get("reconnects", 0)),
-                    last_error=st.get("last_error"),
-                    error=error,
-                    stopped=bool(st.get("stopped", False)),
-                )
-            )
+            report = sup.stream_reports.get(spec.stream_id)
+            if report is None:  # the run ended before this stream did: what capture said
+                report = dict(sup.stats(f"capture[{spec.stream_id}]"))
+                report["published"] = int(published.get(spec.stream_id, 0))
+            if spec.stream_id in sup.source_errors:
+                report["error"] = sup.source_errors[spec.stream_id]
+            reports.append(source_report(spec, report))
         return RunSummary(
             sources=reports,
             seconds=time.monotonic() - self._t0,
@@ -422,4 +462,24 @@ class Pipeline:
             failure=sup.failure,
             failure_is_user_error=sup.failure_is_user_error,
             stages={name: dict(s.stats) for name, s in sup.states.items()},
+            rejected=sup.rejected_control
+            + sum(int(s.stats.get("rejected", 0)) for s in sup.states.values()),
         )
+
+
+def source_report(spec: SourceSpec, counters: dict[str, Any]) -> SourceReport:
+    """A source's report from its end-of-stream counters (or its capture's last ones)."""
+    return SourceReport(
+        stream_id=spec.stream_id,
+        source=spec.masked_url,
+        frames=int(counters.get("count", counters.get("frames", 0)) or 0),
+        published=int(counters.get("published", 0) or 0),
+        decoded=int(counters.get("decoded", 0) or 0),
+        skipped=int(counters.get("skipped", 0) or 0),
+        live=spec.is_live,
+        dropped=int(counters.get("dropped", 0) or 0),
+        reconnects=int(counters.get("reconnects", 0) or 0),
+        last_error=counters.get("last_error"),
+        error=counters.get("error"),
+        stopped=bool(counters.get("stopped", False)),
+    )

@@ -78,6 +78,7 @@ class PreprocessStage(Stage):
             if msg is None:
                 continue
             if msg.kind == messages.EOS:
+                self.eos_seen(msg)
                 parts = messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta)
             else:
                 try:

@@ -15,6 +15,7 @@ the sink for the Python API; they are not written to the JSON Lines file, which 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -145,8 +146,10 @@ class PublishStage(Stage):
 
         tracker = StreamTracker(list(cfg.sources), ordered=False)
         orders = {s: Reorderer() for s in cfg.sources}
-        published = {s: 0 for s in cfg.sources}
-        self.stats.update(published=published, lost=0, pub_dropped=0, subscriptions=0, status=0)
+        published = {s: 0 for s in cfg.sources}  # streams that have not ended yet
+        self.stats.update(
+            published=published, results=0, lost=0, pub_dropped=0, subscriptions=0, status=0
+        )
         timeout = self.transport.io_timeout_ms
         while not tracker.done and not self.should_stop():
             self.tick()
@@ -174,9 +177,21 @@ class PublishStage(Stage):
                 if not self._emit(record):
                     return
                 published[msg.stream] += 1
+                self.stats["results"] += 1
+            if msg.kind == messages.EOS:
+                self._end_stream(msg, published.pop(msg.stream))
         self._forward_status()
         self.complete = tracker.done
         self.tick(force=True)
+
+    def _end_stream(self, msg: messages.Message, count: int) -> None:
+        """After a stream's last result: tell the supervisor (and the sink) it is complete."""
+        self._forward_status()  # its end_of_stream event, sent by capture before the EOS
+        self.eos_seen(msg, published=count)
+        if self._sink is not None:
+            report = {**msg.meta, "stream_id": msg.stream, "published": count}
+            parts = [b"", messages.SINK_END, json.dumps(report).encode()]
+            send(self._sink, parts, self.should_stop)
 
     def _forward_status(self) -> None:
         """Publish every status event waiting on the status link (never blocks)."""
@@ -240,6 +255,8 @@ class PublishStage(Stage):
         deadline = time.monotonic() + self.config.subscriber_timeout_s
         seen = 0
         while seen < want and not self.should_stop():
+            self.stats["waiting_subscribers"] = want - seen
+            self.tick()
             if time.monotonic() > deadline:
                 log.warning(
                     "publish: only %d of %d subscriber(s) after %.0f s; going on",
@@ -251,6 +268,7 @@ class PublishStage(Stage):
             if self._pub.poll(self.transport.io_timeout_ms, zmq.POLLIN):
                 seen += self._drain_subscriptions()
         self.stats["subscriptions"] = seen
+        self.stats["waiting_subscribers"] = 0
 
     def close(self) -> None:
         if self._file is not None:

@@ -89,11 +89,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="infer requests in flight (default: the device's optimal number)",
     )
     parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=0,
+        metavar="N",
+        help="decode at most N files at once, in a pool of N capture processes "
+        "(default: the number of cores)",
+    )
+    parser.add_argument(
         "--wait-subscribers",
         type=int,
         default=0,
         metavar="N",
         help="hold results until N subscribers have connected to --publish",
+    )
+    parser.add_argument(
+        "--subscriber-timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="with --wait-subscribers: go on after S s without them, with a warning (default 30)",
     )
     parser.add_argument(
         "--transport",
@@ -165,6 +181,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         topk=args.topk,
         requests=args.requests,
         wait_subscribers=args.wait_subscribers,
+        subscriber_timeout_s=args.subscriber_timeout,
+        jobs=args.jobs,
         transport=TransportConfig(scheme=args.transport),
         mode=args.mode,
         live=live,
@@ -204,6 +222,10 @@ class Progress:
                 if state and state != "connected":
                     text += f", {str(state).replace('_', ' ')}"
             parts.append(text + ")")
+        if snap["total"] > pipeline.config.max_jobs:  # a pool of captures: how far along
+            parts.insert(0, f"{snap['ended']}/{snap['total']} sources done")
+        if snap.get("waiting_subscribers"):
+            parts.insert(0, f"waiting for {snap['waiting_subscribers']} subscriber(s)")
         line = f"[{now:6.1f}s] " + " | ".join(parts) + f" | in flight {snap['in_flight']}"
         if self.tty:
             self.out.write("\r" + line.ljust(self.width))
@@ -230,11 +252,11 @@ def result_line(record: dict) -> str:
 
 def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
     """Per-source frames, skipped and failures; one line for each problem."""
-    infer = summary.stages.get("infer", {})
+    requests = summary.stages.get("infer", {}).get("requests")
+    on = f"{requests} infer requests on " if requests else "on "
     print(
         f"{PROG}: {summary.results} result(s) from {len(summary.sources)} source(s) in "
-        f"{summary.seconds:.1f} s ({summary.fps:.1f} FPS), {infer.get('requests', '?')} "
-        f"infer requests on {pipeline.config.device}",
+        f"{summary.seconds:.1f} s ({summary.fps:.1f} FPS), {on}{pipeline.config.device}",
         file=out,
     )
     width = max(len(s.stream_id) for s in summary.sources)
@@ -260,9 +282,15 @@ def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
                 f"(corrupt data), {s.published} classified",
                 file=out,
             )
-    rejected = sum(int(st.get("rejected", 0)) for st in summary.stages.values())
-    if rejected:
-        print(f"{PROG}: warning: {rejected} malformed message(s) rejected", file=out)
+    if summary.rejected:
+        print(f"{PROG}: warning: {summary.rejected} malformed message(s) rejected", file=out)
+    pub_dropped = int(summary.stages.get("publish", {}).get("pub_dropped", 0))
+    if pub_dropped:
+        print(
+            f"{PROG}: warning: {pub_dropped} message(s) not delivered to a subscriber too slow "
+            f"for the PUB socket's high-water mark",
+            file=out,
+        )
     if summary.interrupted and not summary.failure:
         print(f"{PROG}: interrupted: stopped reading, published everything in flight", file=out)
 

@@ -3,12 +3,20 @@
 A stage is a `Stage` subclass whose `__init__` only stores its config. `stage_main` (the process
 target) sets the process up, calls `stage.run()`, which opens sockets, decoders or models and
 loops until its streams end or `should_stop()`, and `stage.close()`. The stage reports to the
-supervisor over the control link: READY once its resources are open, STATS now and then and
-once more at the end, ERROR (one line) if it cannot go on.
+supervisor over the control link: READY once its resources are open, EOS_SEEN for every end of
+stream it receives, STATS now and then and once more at the end, ERROR (one line) if it cannot
+go on.
 
-Signals: SIGTERM sets the stop flag. SIGINT is ignored, because Ctrl-C reaches every process of
-the terminal's process group and only the supervisor decides how to stop (capture first, then
-drain). A stage whose parent disappears stops too.
+Leaving: a stage whose streams have all ended does not exit at once. What it sent may still sit
+in a socket buffer (ZeroMQ drops an ipc message whose sender exits while the receiver's queue is
+full, linger or not), so it waits on the command link until the supervisor `release`s it, which
+the supervisor does once the next stage has reported EOS_SEEN for every stream this one sent.
+No message has to outlive its sender.
+
+Signals: stages ignore SIGINT and SIGTERM. Ctrl-C, systemd, `timeout` and `kill -- -PGID` send
+them to every process of the group; only the supervisor decides how to stop (capture first, then
+drain) and tells the stages over the command link (`stop`, `abort`). A stage dies with its
+supervisor (PR_SET_PDEATHSIG), so none is left orphaned.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from stream.transport import TransportConfig, open_socket, receive_message
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 0.5
+COMMAND_POLL_S = 0.02
+"""How often a busy loop looks at the command link (stop/abort reach a stage within this)."""
 EXIT_USER_ERROR = 2
 EXIT_CRASH = 1
 
@@ -56,6 +66,18 @@ def set_process_title(title: str) -> None:
             pass
 
 
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent (the supervisor) dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def process_title(name: str) -> str:
     """`ovs-infer`, `ovs-cap-cam1`: short, since Linux keeps 15 characters."""
     return "ovs-" + name.replace("capture[", "cap-").rstrip("]")
@@ -72,9 +94,14 @@ class Stage:
         self.stats: dict[str, Any] = {"rejected": 0}
         self.complete = False  # set once every stream of this stage has ended
         self._stop = False
+        self._abort = False
+        self._released = False
+        self._assignments: list[dict[str, Any]] = []
         self._ppid = -1  # set in the child by stage_main
         self._ctx: zmq.Context | None = None
         self._control: zmq.Socket | None = None
+        self._commands: zmq.Socket | None = None
+        self._last_commands = 0.0
         self._sockets: list[zmq.Socket] = []  # every socket(), closed by shutdown()
         self._last_stats = 0.0
 
@@ -91,8 +118,15 @@ class Stage:
         self._stop = True
 
     def should_stop(self) -> bool:
-        """True once SIGTERM arrived or the supervisor is gone."""
-        return self._stop or (self._ppid != -1 and os.getppid() != self._ppid)
+        """True once the supervisor said stop or abort, or is gone."""
+        return self._stop or self._abort or self.orphaned()
+
+    def orphaned(self) -> bool:
+        return self._ppid != -1 and os.getppid() != self._ppid
+
+    @property
+    def aborted(self) -> bool:
+        return self._abort or self.orphaned()
 
     # -- resources ------------------------------------------------------------------------------
 
@@ -108,6 +142,78 @@ class Stage:
         self._sockets.append(sock)
         return sock
 
+    # -- the command link -------------------------------------------------------------------------
+
+    def open_commands(self) -> None:
+        """Connect to the supervisor's command link and say hello, so it can reach this stage."""
+        if "command" not in self.endpoints or self._commands is not None:
+            return
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.name.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoints["command"])
+        self._sockets.append(sock)
+        self._commands = sock
+        self.command("hello")
+
+    def command(self, name: str, **meta: Any) -> None:
+        """Send a command (hello, next) to the supervisor."""
+        if self._commands is not None:
+            parts = messages.encode(messages.COMMAND, self.name, 0, {"command": name, **meta})
+            self._commands.send_multipart(parts[1:])  # the ROUTER prepends our identity
+
+    def poll_commands(self, timeout_ms: int = 0) -> None:
+        """Apply every command waiting on the command link (waits up to `timeout_ms` for one)."""
+        sock = self._commands
+        if sock is None:
+            return
+        self._last_commands = time.monotonic()
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            return
+        while True:
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = messages.decode([self.name.encode(), *frames])
+                if msg.kind != messages.COMMAND:
+                    raise messages.MessageError(f"{msg.kind} message on the command link")
+            except messages.MessageError as exc:
+                self.reject(f"command link: {exc}")
+                continue
+            what = msg.meta.get("command")
+            if what == "stop":
+                self.request_stop()
+            elif what == "abort":
+                self._abort = True
+            elif what == "release":
+                self._released = True
+            elif what == "assign":
+                self._assignments.append(msg.meta)
+            else:
+                self.reject(f"command link: unknown command {what!r}")
+
+    def next_assignment(self) -> dict[str, Any] | None:
+        """Ask the supervisor for the next source (capture workers); None if stopped first."""
+        self.command("next")
+        while not self._assignments:
+            if self.aborted:
+                return None
+            self.poll_commands(self.transport.io_timeout_ms)
+            self.tick()
+        return self._assignments.pop(0)
+
+    def wait_for_release(self) -> None:
+        """Keep every socket open until the supervisor confirms that everything this stage sent
+        has arrived downstream (or aborts, or is gone)."""
+        while not self._released and not self.aborted and self._commands is not None:
+            self.poll_commands(self.transport.io_timeout_ms)
+
+    def eos_seen(self, msg: messages.Message, **extra: Any) -> None:
+        """Tell the supervisor that `msg`, a stream's end of stream, arrived here."""
+        self.report(messages.EOS_SEEN, stream=msg.stream, eos=msg.meta, **extra)
+
     # -- reports to the supervisor -----------------------------------------------------------------
 
     def _control_socket(self) -> zmq.Socket | None:
@@ -116,7 +222,7 @@ class Stage:
         return self._control
 
     def report(self, kind: str, stream: str | None = None, wait: bool = True, **meta: Any) -> None:
-        """Send READY/STATS/ERROR to the supervisor (never blocks for more than ~2 s)."""
+        """Send READY/STATS/ERROR/EOS_SEEN to the supervisor (never blocks for more than ~2 s)."""
         sock = self._control_socket()
         if sock is None:
             return
@@ -170,8 +276,10 @@ class Stage:
         }
 
     def tick(self, force: bool = False) -> None:
-        """Report counters to the supervisor at most every STATS_INTERVAL_S."""
+        """Look at the command link and report counters to the supervisor, each now and then."""
         now = time.monotonic()
+        if now - self._last_commands >= COMMAND_POLL_S:
+            self.poll_commands()
         if force or now - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = now
             self.report(messages.STATS, wait=False, final=False, stats=self.stats)
@@ -210,15 +318,26 @@ def configure_child_logging(log_queue: Any, level: int) -> None:
     root.setLevel(level)
 
 
-def stage_main(stage: Stage, log_queue: Any = None, log_level: int = logging.WARNING) -> None:
-    """Process target of every stage: set up, run, report, exit with a meaningful code."""
+def stage_main(
+    stage: Stage, log_queue: Any = None, log_level: int = logging.WARNING, orphan_kill: bool = True
+) -> None:
+    """Process target of every stage: set up, run, report, exit with a meaningful code.
+
+    `orphan_kill`: die with the supervisor at once (the kernel ties it to the thread that started
+    the process, so the supervisor asks for it only from the main thread)."""
     stage._ppid = os.getppid()
+    if orphan_kill:
+        die_with_parent()
+    # Ignored already (the supervisor started us with both ignored and blocked): unblock them,
+    # ignored, so that nothing a terminal or a service manager sends to the group stops us.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     set_process_title(process_title(stage.name))
     configure_child_logging(log_queue, log_level)
-    signal.signal(signal.SIGTERM, stage.request_stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     code = 0
     try:
+        stage.open_commands()
         stage.run()
     except UserError as exc:
         stage.report(messages.ERROR, message=str(exc))
@@ -231,6 +350,8 @@ def stage_main(stage: Stage, log_queue: Any = None, log_level: int = logging.WAR
     finally:
         try:
             stage.finish()
+            if code == 0:
+                stage.wait_for_release()
             stage.shutdown()
         except Exception:  # never hide the original exit reason behind a cleanup problem
             log.debug("%s: cleanup failed:\n%s", stage.name, traceback.format_exc())

@@ -1,22 +1,42 @@
 """Supervisor: starts the stage processes, watches them, stops them in the right order.
 
-It binds the control link (READY/STATS/ERROR from every stage) and, for the Python iterator, the
-sink link (result records). `step()` handles whatever happened since the last call, so the CLI
-loop and the Python iterator drive the same code.
+It binds the control link (READY/STATS/ERROR/EOS_SEEN from every stage), the command link
+(a ROUTER that reaches each stage by name) and, for the Python iterator, the sink link (result
+records). `step()` handles whatever happened since the last call, so the CLI loop and the Python
+iterator drive the same code.
 
-Stopping: `request_stop()` (SIGINT/SIGTERM) stops only the captures; their ends of stream flow
-through the pipeline, which drains what is in flight, flushes its outputs and exits by itself.
-A stage that dies (non-zero exit, killed, or gone before its streams ended) stops the whole
-pipeline, and `failure` names the stage and the reason.
+End of stream, and how a stage leaves: every stage passes each stream's end of stream on and
+reports EOS_SEEN for every one it receives. A stage whose streams have all ended sends its final
+STATS and then waits; the supervisor `release`s it once the next stage downstream has reported
+EOS_SEEN for every stream the stage sent (a capture: the streams it read; preprocess and infer:
+all of them; publish: at once, or once the sink delivered every stream's end here). Since a
+stream's messages travel in order over one link, its end of stream arriving downstream means
+everything before it arrived too; so no stage exits while something it sent is still in a
+socket buffer, whatever the transport does with a closing socket.
+
+Sources: a live source has a capture process of its own. Files are read by a pool of at most
+`jobs` capture workers, each asking for the next file (`next` on the command link) when it has
+finished one; with no more files than `jobs`, each file has its own worker named after it.
+
+Stopping: `request_stop()` (SIGINT/SIGTERM to the main process) tells the captures to stop
+reading; files not yet started are ended unread; their ends of stream flow through the pipeline,
+which drains what is in flight, flushes its outputs and exits by itself. A stage that dies
+(non-zero exit, killed, or gone before its streams ended) stops the whole pipeline, and
+`failure` names the stage and the reason.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import logging.handlers
 import multiprocessing as mp
 import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +49,13 @@ from stream.transport import TransportConfig, open_socket, receive
 log = logging.getLogger(__name__)
 
 STATUS_PREFIX = messages.STATUS_TOPIC_PREFIX.encode()
+ABORT_GRACE_S = 1.0
+"""After `abort`, how long a stage may take to leave before it is killed."""
 JOIN_TIMEOUT_S = 5.0
 FINAL_REPORT_WAIT_S = 2.0
+SKIP_BATCH = 500
+"""After a stop, unread files are ended this many per assignment."""
+CAPTURE_STAGES = ("capture[",)
 
 
 @dataclass
@@ -44,8 +69,13 @@ class StageState:
     stats: dict[str, Any] = field(default_factory=dict)
     final: bool = False
     complete: bool = False
+    released: bool = False
     exited_at: float | None = None
     judged: bool = False
+    streams: set[str] = field(default_factory=set)
+    """Streams this stage sends downstream (a capture: those it was given)."""
+    eos_seen: set[str] = field(default_factory=set)
+    """Streams whose end of stream reached this stage."""
 
     @property
     def name(self) -> str:
@@ -53,7 +83,7 @@ class StageState:
 
     @property
     def is_capture(self) -> bool:
-        return self.name.startswith("capture[")
+        return self.name.startswith(CAPTURE_STAGES)
 
 
 class _Forward(logging.Handler):
@@ -76,6 +106,28 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Start children with SIGINT and SIGTERM ignored (and blocked, so none is lost here).
+
+    Dispositions set to ignore survive exec, so a stage process is deaf to them from its first
+    instruction, before its own start-up code runs; a signal for this process that arrives
+    meanwhile stays pending and is delivered when the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal dispositions can only be changed on the main thread
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
 class Supervisor:
     """Runs a set of stages as processes and reports on them."""
 
@@ -87,6 +139,9 @@ class Supervisor:
         collect: bool = False,
         startup_timeout_s: float = 120.0,
         drain_timeout_s: float = 60.0,
+        streams: list[str] | None = None,
+        files: list[dict[str, Any]] | None = None,
+        downstream: dict[str, str] | None = None,
     ) -> None:
         self.states = {s.name: StageState(s) for s in stages}
         self.endpoints = endpoints
@@ -94,10 +149,23 @@ class Supervisor:
         self.collect = collect
         self.startup_timeout_s = startup_timeout_s
         self.drain_timeout_s = drain_timeout_s
+        self.streams = set(streams or [])
+        """Every stream of the run."""
+        self.files: collections.deque[dict[str, Any]] = collections.deque(files or [])
+        """Files (`SourceSpec` fields) that pool workers have not taken yet."""
+        self.downstream = downstream or {}
+        """Stage name -> the stage that receives what it sends (captures -> preprocess...)."""
         self.failure: str | None = None
         self.failure_is_user_error = False
         """The failing stage reported a user error (bad model, endpoint in use), not a crash."""
         self.source_errors: dict[str, str] = {}
+        self.stream_reports: dict[str, dict[str, Any]] = {}
+        """Per stream, once its end of stream reached publish: the capture's end-of-stream
+        counters (decoded, skipped, error...) and `published`."""
+        self.ended: list[tuple[str, dict[str, Any]]] = []
+        """Streams whose end arrived on the sink after their last result (collect=True only),
+        not yet taken by the caller."""
+        self.sink_ended: set[str] = set()
         self.status_events: list[dict[str, Any]] = []
         """Status events of the sources that reached the sink (collect=True only), in order."""
         self.rejected_control = 0
@@ -105,7 +173,11 @@ class Supervisor:
         self.interrupted = False
         self._ctx: zmq.Context | None = None
         self._control: zmq.Socket | None = None
+        self._commands: zmq.Socket | None = None
         self._sink: zmq.Socket | None = None
+        self._routes: set[str] = set()
+        self._outbox: list[tuple[str, dict[str, Any]]] = []
+        self._waiting_workers: collections.deque[str] = collections.deque()
         self._listener: Any = None
         self._started_at = 0.0
         self._stop_at: float | None = None
@@ -113,6 +185,11 @@ class Supervisor:
         self._early_stop = False
         self._spawn: Any = None
         self._log_queue: Any = None
+        for state in self.states.values():
+            source = getattr(state.stage, "config", None)
+            spec = getattr(source, "source", None)
+            if state.is_capture and spec is not None:
+                state.streams.add(spec.stream_id)
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -129,13 +206,15 @@ class Supervisor:
             hwm=10000,
             linger_ms=0,
         )
+        self._commands = open_socket(
+            self._ctx, zmq.ROUTER, self.endpoints["command"], True, self.transport, linger_ms=0
+        )
+        self._commands.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self.collect:
             self._sink = open_socket(
                 self._ctx, zmq.PULL, self.endpoints["sink"], True, self.transport, linger_ms=0
             )
         log_queue = spawn.Queue()
-        import logging.handlers
-
         self._listener = logging.handlers.QueueListener(log_queue, _Forward())
         self._listener.start()
         self._spawn = spawn
@@ -149,13 +228,15 @@ class Supervisor:
 
     def _start_process(self, state: StageState) -> None:
         level = logging.getLogger().getEffectiveLevel()
+        on_main_thread = threading.current_thread() is threading.main_thread()
         state.process = self._spawn.Process(
             target=stage_main,
-            args=(state.stage, self._log_queue, level),
+            args=(state.stage, self._log_queue, level, on_main_thread),
             name=state.name,
             daemon=True,
         )
-        state.process.start()
+        with signals_held():
+            state.process.start()
 
     def _start_captures_when_ready(self) -> None:
         if self._captures_started or self.failure is not None or self.stopping:
@@ -179,34 +260,58 @@ class Supervisor:
         )
 
     def step(self, timeout_ms: int = 200) -> list[bytes]:
-        """Handle reports, exits and timeouts; returns the result records that arrived (JSON)."""
+        """Handle reports, commands, exits and timeouts; returns the result records that arrived
+        (JSON). Streams that ended on the sink collect in `ended`."""
         results: list[bytes] = []
         poller = zmq.Poller()
-        assert self._control is not None
+        assert self._control is not None and self._commands is not None
         poller.register(self._control, zmq.POLLIN)
+        poller.register(self._commands, zmq.POLLIN)
         if self._sink is not None:
             poller.register(self._sink, zmq.POLLIN)
         events = dict(poller.poll(timeout_ms))
         if self._control in events:
             self._drain_control()
+        if self._commands in events:
+            self._drain_commands()
         if self._sink is not None and self._sink in events:
-            while True:
-                parts = receive(self._sink, 0)
-                if parts is None:
-                    break
-                if len(parts) == 2 and bytes(parts[0].buffer).startswith(STATUS_PREFIX):
-                    try:
-                        self.status_events.append(json.loads(bytes(parts[1].buffer)))
-                    except ValueError:
-                        log.warning("supervisor: rejected a malformed status event on the sink")
-                elif len(parts) == 2:
-                    results.append(bytes(parts[1].buffer))
-                else:
-                    log.warning("supervisor: rejected a malformed result on the sink link")
+            self._drain_sink(results)
         self._start_captures_when_ready()
+        self._assign()
+        self._release()
+        self._deliver()
         self._check_processes()
         self._check_timeouts()
         return results
+
+    def _drain_sink(self, results: list[bytes]) -> None:
+        assert self._sink is not None
+        while True:
+            parts = receive(self._sink, 0)
+            if parts is None:
+                return
+            if len(parts) == 3 and bytes(parts[1].buffer) == messages.SINK_END:
+                try:
+                    report = json.loads(bytes(parts[2].buffer))
+                    stream = str(report["stream_id"])
+                except (ValueError, KeyError, TypeError):
+                    self._reject("a malformed end of stream on the sink link")
+                    continue
+                self.sink_ended.add(stream)
+                self.ended.append((stream, report))
+            elif len(parts) == 2 and bytes(parts[0].buffer).startswith(STATUS_PREFIX):
+                try:
+                    self.status_events.append(json.loads(bytes(parts[1].buffer)))
+                except ValueError:
+                    self._reject("a malformed status event on the sink link")
+            elif len(parts) == 2:
+                results.append(bytes(parts[1].buffer))
+            else:
+                self._reject("a malformed result on the sink link")
+
+    def _reject(self, what: str) -> None:
+        self.rejected_control += 1
+        log.warning("supervisor: rejected %s", what)
 
     def _drain_control(self) -> None:
         assert self._control is not None
@@ -217,15 +322,11 @@ class Supervisor:
             try:
                 msg = messages.decode(parts)
             except messages.MessageError as exc:
-                self.rejected_control += 1
-                log.warning("supervisor: rejected a malformed control message: %s", exc)
+                self._reject(f"a malformed control message: {exc}")
                 continue
             state = self.states.get(str(msg.meta.get("stage")))
             if state is None:
-                self.rejected_control += 1
-                log.warning(
-                    "supervisor: control message from unknown stage %r", msg.meta.get("stage")
-                )
+                self._reject(f"a control message from unknown stage {msg.meta.get('stage')!r}")
                 continue
             if msg.kind == messages.READY:
                 state.ready = True
@@ -234,6 +335,13 @@ class Supervisor:
                 if msg.meta.get("final"):
                     state.final = True
                     state.complete = bool(msg.meta.get("complete"))
+            elif msg.kind == messages.EOS_SEEN:
+                state.eos_seen.add(msg.stream)
+                if state.name == "publish":
+                    eos = msg.meta.get("eos")
+                    report = dict(eos) if isinstance(eos, dict) else {}
+                    report["published"] = int(msg.meta.get("published") or 0)
+                    self.stream_reports[msg.stream] = report
             elif msg.kind == messages.ERROR:
                 text = str(msg.meta.get("message"))
                 if msg.meta.get("source_error"):
@@ -241,6 +349,96 @@ class Supervisor:
                     log.info("source %s failed: %s", msg.stream, text)
                 else:
                     state.error = text
+            else:
+                self._reject(f"an unexpected {msg.kind} message on the control link")
+
+    def _drain_commands(self) -> None:
+        assert self._commands is not None
+        while True:
+            try:
+                frames = self._commands.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._reject(f"a command of {len(frames)} part(s)")
+                continue
+            name = frames[0].decode(errors="replace")
+            try:
+                msg = messages.decode(frames)
+            except messages.MessageError as exc:
+                self._reject(f"a malformed command from {name!r}: {exc}")
+                continue
+            state = self.states.get(name)
+            if state is None or msg.kind != messages.COMMAND:
+                self._reject(f"a {msg.kind} message from unknown stage {name!r}")
+                continue
+            what = msg.meta.get("command")
+            if what == "hello":
+                self._routes.add(name)
+            elif what == "next" and state.is_capture:
+                self._routes.add(name)
+                self._waiting_workers.append(name)
+            else:
+                self._reject(f"command {what!r} from {name}")
+
+    def _send_command(self, name: str, command: str, **meta: Any) -> None:
+        """Queue a command for a stage; delivered as soon as the stage has said hello."""
+        self._outbox.append((name, {"command": command, **meta}))
+        self._deliver()
+
+    def _deliver(self) -> None:
+        assert self._commands is not None
+        kept = []
+        for name, meta in self._outbox:
+            state = self.states[name]
+            if state.judged or (state.process is not None and state.process.exitcode is not None):
+                continue  # gone: nothing to tell it any more
+            if name not in self._routes:
+                kept.append((name, meta))
+                continue
+            header = messages.encode(messages.COMMAND, name, 0, meta)[1]
+            try:
+                self._commands.send_multipart([name.encode(), header], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:  # not connected (yet, or any more) or its queue is full
+                kept.append((name, meta))
+        self._outbox = kept
+
+    def _assign(self) -> None:
+        """Give each waiting pool worker its next file (after a stop: files to end unread)."""
+        while self._waiting_workers:
+            name = self._waiting_workers.popleft()
+            state = self.states[name]
+            if self.stopping and self.files:
+                count = min(SKIP_BATCH, len(self.files))
+                skip = [self.files.popleft()["stream_id"] for _ in range(count)]
+                state.streams.update(skip)
+                self._send_command(name, "assign", source=None, skip=skip)
+            elif self.files and not self.stopping:
+                source = self.files.popleft()
+                state.streams.add(source["stream_id"])
+                self._send_command(name, "assign", source=source, skip=[])
+            else:
+                self._send_command(name, "assign", source=None, skip=[])
+
+    def _release(self) -> None:
+        """Release every stage whose streams have all ended and been confirmed downstream."""
+        for state in self.states.values():
+            if state.released or not state.final or state.process is None:
+                continue
+            if state.complete and not self._confirmed(state):
+                continue
+            state.released = True
+            self._send_command(state.name, "release")
+
+    def _confirmed(self, state: StageState) -> bool:
+        """Has everything `state` sent arrived where it goes?"""
+        if state.name == "publish":
+            return not self.collect or self.sink_ended >= self.streams
+        receiver = self.states.get(self.downstream.get(state.name, ""))
+        if receiver is None:
+            return True
+        streams = state.streams if state.is_capture else self.streams
+        return receiver.eos_seen >= streams
 
     def _check_processes(self) -> None:
         now = time.monotonic()
@@ -250,17 +448,14 @@ class Supervisor:
             if state.exited_at is None:
                 state.exited_at = now
             code = state.process.exitcode
-            # The last report may still be on its way; give it a moment before judging.
-            if not state.final and now - state.exited_at < FINAL_REPORT_WAIT_S:
+            # A stage that exited by itself sent its last report first, but it may still be on
+            # its way; a killed one sends none.
+            if code >= 0 and not state.final and now - state.exited_at < FINAL_REPORT_WAIT_S:
                 continue
             state.judged = True
-            if self._early_stop:
-                continue
-            if code == 0 and (state.complete or (state.is_capture and self.stopping)):
-                continue
-            if code == 0 and self.failure is not None:
-                continue  # stopped by us after another stage failed
-            if self.failure is not None:
+            if self._early_stop or self.failure is not None:
+                continue  # stopped by us
+            if code == 0 and state.released:
                 continue
             if code == EXIT_USER_ERROR and state.error:
                 self.failure_is_user_error = True
@@ -276,7 +471,7 @@ class Supervisor:
         now = time.monotonic()
         if self.failure is None and now - self._started_at > self.startup_timeout_s:
             late = [s.name for s in self.states.values() if not s.ready and not s.judged]
-            if late:
+            if late and not self._captures_started:
                 self._fail(f"stage {late[0]} did not start within {self.startup_timeout_s:.0f} s")
         draining_too_long = self._stop_at is not None and now - self._stop_at > self.drain_timeout_s
         if draining_too_long and self.failure is None:
@@ -285,16 +480,21 @@ class Supervisor:
     def _fail(self, reason: str) -> None:
         self.failure = reason
         log.debug("supervisor: %s; stopping every stage", reason)
+        self._end_all()
+
+    def _end_all(self) -> None:
+        """Abort every stage process; kill what has not left after ABORT_GRACE_S."""
         started = [s for s in self.states.values() if s.process is not None and s.process.pid]
         for state in started:
             if state.process.exitcode is None:
-                state.process.terminate()
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
+                self._send_command(state.name, "abort")
         for state in self.states.values():
             state.judged = True
+        deadline = time.monotonic() + ABORT_GRACE_S
+        for state in started:
+            state.process.join(max(0.0, deadline - time.monotonic()))
         for state in started:
             proc = state.process
-            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.exitcode is None:
                 proc.kill()
                 proc.join(JOIN_TIMEOUT_S)
@@ -308,15 +508,13 @@ class Supervisor:
         self.stopping = True
         self.interrupted = True
         self._stop_at = time.monotonic()
-        if not self._captures_started:  # nothing read yet: just stop the stages that run
+        if not self._captures_started:  # nothing read yet: nothing to drain
             self._early_stop = True
-            for state in self.states.values():
-                if state.process is not None and state.process.exitcode is None:
-                    state.process.terminate()
+            self._end_all()
             return
-        for state in self.states.values():
-            if state.is_capture and state.process is not None and state.process.exitcode is None:
-                state.process.terminate()  # SIGTERM: the capture sends its end of stream and exits
+        for state in self.capture_states():
+            self._send_command(state.name, "stop")
+        self._assign()
 
     def abort(self, reason: str) -> None:
         """Stop everything now (a second Ctrl-C, or the caller gave up)."""
@@ -330,10 +528,10 @@ class Supervisor:
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
-        for sock in (self._control, self._sink):
+        for sock in (self._control, self._commands, self._sink):
             if sock is not None:
                 sock.close(linger=0)
-        self._control = self._sink = None
+        self._control = self._commands = self._sink = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None

@@ -1,11 +1,13 @@
 """Socket wiring: which endpoint each link uses, who binds, and the socket options.
 
-Links (all PUSH/PULL, so a full queue blocks the sender: backpressure, nothing dropped):
+Data links (PUSH/PULL, so a full queue blocks the sender: backpressure, nothing dropped):
 
     frames   capture (connect, one per source) -> preprocess (bind)
     tensors  preprocess (connect)              -> infer (bind)
     logits   infer (connect)                   -> publish (bind)
     control  every stage (connect)             -> supervisor (bind)
+    command  supervisor (bind, ROUTER)        <-> every stage (connect, DEALER named after it):
+             stop / release / abort / source assignments; hello and next from the stages
     sink     publish (connect)                 -> supervisor (bind), only for the Python iterator
 
 The long-lived side of each link binds. Endpoints come from `TransportConfig`: `ipc://` sockets
@@ -26,7 +28,7 @@ import zmq
 from stream.errors import UserError
 from stream.messages import Message, MessageError, decode
 
-LINKS = ("frames", "tensors", "logits", "control", "sink")
+LINKS = ("frames", "tensors", "logits", "control", "sink", "command")
 
 
 @dataclass
