@@ -16,7 +16,6 @@ At most `jobs` files are decoded at once, by the pipeline's pool of capture proc
 from __future__ import annotations
 
 import fcntl
-import inspect
 import logging
 import os
 import time
@@ -311,11 +310,13 @@ class _Run:
             requests=cfg.requests,
             decoder_threads=cfg.decoder_threads,
             transport=cfg.transport,
-            **_jobs_kw(cfg.max_jobs),
+            jobs=cfg.max_jobs,
         )
         pipeline = Pipeline(pipeline_config)
         try:
-            _run_pipeline(pipeline, self.on_result, self.on_stream_end, self.tick)
+            pipeline.run(
+                progress=self.tick, on_result=self.on_result, on_stream_end=self.on_stream_end
+            )
         except PipelineError as exc:
             self.failure = str(exc)
         finally:
@@ -352,29 +353,6 @@ class _Run:
                 finished_now=finished_now,
             )
         )
-
-
-# -- until the pipeline's capture pool and on_stream_end land (TEMPORARY) ------------------------
-
-
-def _jobs_kw(jobs: int) -> dict[str, int]:
-    fields = getattr(PipelineConfig, "__dataclass_fields__", {})
-    return {"jobs": jobs} if "jobs" in fields else {}
-
-
-def _run_pipeline(
-    pipeline: Pipeline,
-    on_result: Callable[[dict[str, Any]], None],
-    on_stream_end: Callable[[str, SourceReport], None],
-    progress: Callable[[Any], None],
-) -> None:
-    if "on_stream_end" in inspect.signature(pipeline.run).parameters:
-        pipeline.run(progress=progress, on_result=on_result, on_stream_end=on_stream_end)
-        return
-    pipeline.run(progress=progress, on_result=on_result)
-    assert pipeline.summary is not None
-    for report in pipeline.summary.sources:
-        on_stream_end(report.stream_id, report)
 
 
 # -- --status ------------------------------------------------------------------------------------
