@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from stream.batch import BatchConfig, run_batch
+from stream.batch import BatchConfig, job_status, run_batch
 from stream.errors import UserError
 from tests.conftest import ROOT, cli_command, make_sample, run_cli
 from tests.stream.conftest import count_frames, wait_for
@@ -163,6 +163,8 @@ def test_kill_9_of_the_whole_job_then_resume_is_exact(model: Path, tmp_path: Pat
             120,
             "a finished output and a partial one",
         )
+        status, pid = job_status(out)  # what `--status` prints, while the job runs
+        assert pid == proc.pid and status.counts["running"] >= 1 and status.total == 6
         done_before = {p.name for p in out.glob("*.jsonl")}
         os.killpg(pgid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -186,6 +188,40 @@ def test_kill_9_of_the_whole_job_then_resume_is_exact(model: Path, tmp_path: Pat
     assert all(state[sid][2] == 2 for sid in interrupted)
     assert all(state[name[: -len(".jsonl")]][2] == 1 for name in done_before)
     assert no_parts(out)
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(model: Path, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    clips = {f"c{i}.mp4": make_sample.write_clip(media / f"c{i}.mp4", 160, 90, 25, 120) for i in
+             range(4)}  # fmt: skip
+    out = tmp_path / "out"
+    args = [str(media), "--model", str(model), "--out", str(out), "--jobs", "1"]
+    proc = subprocess.Popen(
+        cli_command("ovstream", "batch", *args, "--publish", "none", "--no-progress"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: any(p.stat().st_size for p in out.glob("*.part")), 120, "a partial output")
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C goes to the whole group
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "interrupted:" in stderr and "run the same command to go on" in stderr
+    assert "Traceback" not in stderr
+    state = rows(out)
+    assert "running" not in {r[0] for r in state.values()} and no_parts(out)
+    assert {r[0] for r in state.values()} <= {"done", "pending"}
+    second = batch(*args)
+    assert second.returncode == 0, second.stderr
+    for sid, video in clips.items():
+        check_output(out, sid, video)
 
 
 def _group_alive(pgid: int) -> bool:
