@@ -57,6 +57,8 @@ class BatchConfig:
     """Forget the job's state and outputs and start over."""
     publish: str | None = DEFAULT_PUBLISH
     """PUB endpoint to bind for results (topic = stream id); None = no PUB socket."""
+    wait_subscribers: int = 0
+    """Hold results until this many subscribers have subscribed to `publish`."""
     device: str = "CPU"
     """OpenVINO device."""
     fps: float | None = None
@@ -304,6 +306,7 @@ class _Run:
             model=cfg.model,
             device=cfg.device,
             publish=cfg.publish,
+            wait_subscribers=cfg.wait_subscribers,
             fps=cfg.fps,
             mode=cfg.mode,
             topk=cfg.topk,

@@ -70,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"PUB endpoint to bind, or 'none' (default {DEFAULT_PUBLISH})",
     )
     parser.add_argument(
+        "--wait-subscribers",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="hold results until N subscribers have connected to --publish",
+    )
+    parser.add_argument(
         "--fps", type=positive_float, metavar="F", help="classify F frames per second (by pts)"
     )
     parser.add_argument(
@@ -113,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         retry_failed=args.retry_failed,
         restart=args.restart,
         publish=None if str(args.publish).lower() in ("none", "") else args.publish,
+        wait_subscribers=args.wait_subscribers,
         device=args.device,
         fps=args.fps,
         mode=args.mode,

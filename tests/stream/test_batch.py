@@ -13,11 +13,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+import zmq
 
 from stream.batch import BatchConfig, job_status, run_batch
 from stream.errors import UserError
-from tests.conftest import ROOT, cli_command, make_sample, run_cli
-from tests.stream.conftest import count_frames, wait_for
+from tests.conftest import ROOT, cli_command, make_sample, run_cli, start_cli
+from tests.stream.conftest import count_frames, recv_within, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -275,6 +276,38 @@ def test_no_more_capture_processes_than_jobs(model: Path, tmp_path: Path) -> Non
     assert proc.returncode == 0, stderr
     assert 1 <= most <= 2
     assert len(list(out.glob("*.jsonl"))) == 7
+
+
+def test_results_are_published_with_the_relative_path_as_topic(
+    model: Path, tmp_path: Path, zctx
+) -> None:
+    media = tmp_path / "media"
+    make_sample.write_clip(media / "a.mp4", 160, 90, 25, 5)
+    make_sample.write_clip(media / "sub" / "b.mp4", 160, 90, 25, 7)
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    proc = start_cli(
+        "ovstream", "batch", str(media), "--model", str(model), "--out", str(tmp_path / "out"),
+        "--publish", endpoint, "--wait-subscribers", "1", "--no-progress",
+    )  # fmt: skip
+    try:
+        topics: dict[str, list[int]] = {}
+        while sum(map(len, topics.values())) < 12:
+            topic, payload = recv_within(sub, 120)
+            if topic.bytes.startswith(b"_status/"):  # status events of the files
+                continue
+            record = json.loads(payload.bytes)
+            assert record["stream_id"] == topic.bytes.decode()
+            topics.setdefault(record["stream_id"], []).append(record["frame_index"])
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert topics == {"a.mp4": list(range(5)), "sub/b.mp4": list(range(7))}
 
 
 def test_python_api_returns_the_summary(model: Path, tmp_path: Path) -> None:
