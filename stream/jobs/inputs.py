@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream.errors import UserError
+from stream.messages import STATUS_TOPIC_PREFIX
+
+RESERVED = STATUS_TOPIC_PREFIX.rstrip("/")
 
 _EXTENSIONS = """
     .3g2 .3gp .asf .avi .divx .dv .f4v .flv .h264 .h265 .hevc .m2t .m2ts .m2v .m4v .mj2 .mjpeg
@@ -151,6 +154,9 @@ def expand_inputs(args: Iterable[str]) -> Inputs:
 
 def _stat(path: str, root: str) -> InputFile:
     stream_id = Path(os.path.relpath(path, root)).as_posix()
+    if stream_id.startswith(RESERVED):
+        reason = f"its path {stream_id} starts with {RESERVED!r}, reserved for status events"
+        return InputFile(path, stream_id, None, None, reason)
     try:
         st = os.stat(path)
     except FileNotFoundError:

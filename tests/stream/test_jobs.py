@@ -72,6 +72,19 @@ def test_a_missing_file_is_kept_with_its_reason(tree: Path) -> None:
     assert gone.error == f"no such file: {tree / 'gone.mp4'}"
 
 
+def test_a_path_in_the_status_topic_namespace_fails_alone(tmp_path: Path) -> None:
+    touch(tmp_path / "m" / "_status" / "x.mp4")
+    touch(tmp_path / "m" / "ok.mp4")
+    files = expand_inputs([str(tmp_path / "m")]).files
+    assert [(f.stream_id, f.error) for f in files] == [
+        (
+            "_status/x.mp4",
+            "its path _status/x.mp4 starts with '_status', reserved for status events",
+        ),
+        ("ok.mp4", None),
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
