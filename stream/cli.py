@@ -57,7 +57,11 @@ def run_guarded(func: Callable[[], int], prog: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports the command modules
+    except KeyboardInterrupt:
+        print("ovstream: interrupted", file=sys.stderr)
+        return 130
     setup_logging(args.verbose)
     return run_guarded(lambda: args._run(args), "ovstream")
 

@@ -451,6 +451,7 @@ class Pipeline:
             if report is None:  # the run ended before this stream did: what capture said
                 report = dict(sup.stats(f"capture[{spec.stream_id}]"))
                 report["published"] = int(published.get(spec.stream_id, 0))
+                report.setdefault("stopped", sup.interrupted)
             if spec.stream_id in sup.source_errors:
                 report["error"] = sup.source_errors[spec.stream_id]
             reports.append(source_report(spec, report))
