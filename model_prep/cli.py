@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from stream.cli import build_parser, run_guarded, setup_logging
+from stream.cli import run_main
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("export", "model_prep.export", "export a PyTorch model to OpenVINO IR (FP32 and FP16)"),
@@ -16,10 +16,7 @@ COMMANDS: list[tuple[str, str, str]] = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(COMMANDS, prog="model-prep", description=__doc__)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    return run_guarded(lambda: args._run(args), "model-prep")
+    return run_main(argv, COMMANDS, "model-prep", __doc__)
 
 
 if __name__ == "__main__":
