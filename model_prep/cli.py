@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,20 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+class CudaNoticeToDebug(logging.Filter):
+    """torch's 'No CUDA runtime is found, using CUDA_HOME=...' (logged when NNCF imports
+    torch.utils.cpp_extension on a machine with nvcc but no GPU) is for people building CUDA
+    extensions: it goes to the debug log (-vv), every other record of that logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("No CUDA runtime is found"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("model_prep").isEnabledFor(logging.DEBUG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.getLogger("torch.utils.cpp_extension").addFilter(CudaNoticeToDebug())
     return run_main(argv, COMMANDS, "model-prep", __doc__)
 
 
