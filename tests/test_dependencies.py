@@ -19,14 +19,16 @@ import pytest
 from stream.deps import DISTRIBUTIONS, normalize, requirement_name
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = {"stream", "model_prep", "samples", "tests"}
+OWN = {"stream", "model_prep", "samples", "tests", "benchmarks"}
 
 # Folder (or file) -> the extras a user has installed when its code runs ("" = base dependencies).
 # samples/make_sample.py is a development tool: the test suite uses it, the README's commands not.
+# The benchmarks run in the venv of the README's test command.
 SCOPES = {
     "stream": ("",),
     "model_prep": ("", "prep"),
     "samples": ("", "test"),
+    "benchmarks": ("", "prep", "test"),
 }
 
 
