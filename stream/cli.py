@@ -45,25 +45,44 @@ def setup_logging(verbose: int) -> None:
 
 
 def run_guarded(func: Callable[[], int], prog: str) -> int:
-    """Run a command; user errors become one line on stderr and exit code 2."""
+    """Run a command; user errors and a missing extra become one line on stderr and exit code 2."""
     try:
         return func()
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        from stream.deps import missing_dependency
+
+        message = missing_dependency(exc)
+        if message is None:  # not a declared dependency: a bug, keep the traceback
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
+def run_main(
+    argv: Sequence[str] | None,
+    commands: Sequence[tuple[str, str, str]],
+    prog: str,
+    description: str | None,
+) -> int:
+    """Parse and run one command, all inside `run_guarded`: building the parser imports every
+    command module, and so every dependency a missing extra would lack."""
+
+    def parse_and_run() -> int:
+        args = build_parser(commands, prog, description).parse_args(argv)
+        setup_logging(args.verbose)
+        return args._run(args)
+
+    return run_guarded(parse_and_run, prog)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)  # imports the command modules
-    except KeyboardInterrupt:
-        print("ovstream: interrupted", file=sys.stderr)
-        return 130
-    setup_logging(args.verbose)
-    return run_guarded(lambda: args._run(args), "ovstream")
+    return run_main(argv, COMMANDS, "ovstream", __doc__)
 
 
 if __name__ == "__main__":
