@@ -18,7 +18,7 @@ COMMANDS: list[tuple[str, str, str]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(COMMANDS, prog="model-prep", description=__doc__)
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, "model-prep")
     return run_guarded(lambda: args._run(args), "model-prep")
 
 
