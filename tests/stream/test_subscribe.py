@@ -3,8 +3,15 @@ each line flushed as it is written; error lines look like every other ovstream e
 
 from __future__ import annotations
 
+import json
+import select
 import subprocess
+import time
 
+import pytest
+import zmq
+
+from stream import messages
 from stream.subscribe import EndTracker
 from stream.transport import free_tcp_port
 from tests.conftest import run_cli, start_cli
@@ -79,3 +86,23 @@ def test_a_subscribe_timeout_is_one_error_line(tmp_path):
     proc = run_cli("ovstream", "subscribe", endpoint, "--timeout", "0.5", timeout=30)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == ["ovstream: error: no result within 0.5 s (got 0)"]
+
+
+def test_each_line_is_flushed_as_it_arrives(zctx):
+    """A pipe gets every line at once, while subscribe runs on (no block buffering)."""
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    pub = zctx.socket(zmq.PUB)
+    pub.bind(endpoint)
+    record = {"stream_id": "cam", "frame_index": 0}
+    sub = start_cli("ovstream", "subscribe", endpoint, "--timeout", "60")
+    try:
+        deadline = time.monotonic() + 30
+        while not select.select([sub.stdout], [], [], 0.1)[0]:  # until subscribed and flushed
+            if time.monotonic() > deadline or sub.poll() is not None:
+                pytest.fail(f"no line on subscribe's stdout: {sub.poll()}")
+            pub.send_multipart([b"cam", messages.dump_result(record)])
+        assert json.loads(sub.stdout.readline()) == record
+        assert sub.poll() is None  # still running: the line was not flushed by an exit
+    finally:
+        sub.kill()
+        sub.communicate(timeout=5)
