@@ -330,8 +330,11 @@ TIMEOUT_SHARE = 0.9
 """An open that failed after this share of its timeout ran into the timeout."""
 
 
-def connect_problem(host: str, port: int, timeout_s: float) -> str | None:
-    """Why a TCP connection to host:port fails, or None if it connects (and is closed again)."""
+def connect_problem(
+    host: str, port: int, timeout_s: float, waited_s: float | None = None
+) -> str | None:
+    """Why a TCP connection to host:port fails, or None if it connects (and is closed again).
+    `waited_s`: how long the caller already waited for an answer (said in the timeout's line)."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
@@ -342,7 +345,8 @@ def connect_problem(host: str, port: int, timeout_s: float) -> str | None:
         try:
             sock.connect(address)
         except TimeoutError:
-            return f"timed out: no answer to a connection to {host}:{port} in {timeout_s:g} s"
+            waited = timeout_s if waited_s is None else waited_s
+            return f"timed out: no answer to a connection to {host}:{port} in {waited:g} s"
         except ConnectionRefusedError:
             return "connection refused"
         except OSError as exc:
@@ -376,7 +380,9 @@ def open_failure(exc: BaseException, url: str, elapsed_s: float, opts: LiveOptio
     if not host or port is None or scheme not in DEFAULT_PORTS:
         return describe_error(exc, url)
     timeout_s = min(opts.open_timeout_s, opts.read_timeout)
-    problem = connect_problem(host, port, timeout_s)
+    # The open already waited; the attempt as a whole stays within about its timeout (Ctrl-C).
+    probe_s = max(0.2, opts.open_timeout_s - elapsed_s)
+    problem = connect_problem(host, port, probe_s, waited_s=max(probe_s, round(elapsed_s, 1)))
     if problem is not None:
         return scrub(problem, url)
     if isinstance(exc, av.ExitError) or elapsed_s >= TIMEOUT_SHARE * timeout_s:
