@@ -12,8 +12,30 @@ from collections.abc import Iterable
 from pathlib import Path
 
 VIDEO_SUFFIXES = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .flv .mpg .mpeg .wmv .3gp .h264 .264 .h265 "
-    ".265 .hevc .ivf .y4m .mjpeg".split()
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".flv",
+        ".mpg",
+        ".mpeg",
+        ".wmv",
+        ".3gp",
+        ".h264",
+        ".264",
+        ".h265",
+        ".265",
+        ".hevc",
+        ".ivf",
+        ".y4m",
+        ".mjpeg",
+    ]
 )
 
 

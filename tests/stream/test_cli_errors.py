@@ -8,7 +8,6 @@ import logging
 import pytest
 
 from stream.cli import OneLineFormatter
-
 from tests.conftest import run_cli
 
 USAGE_ERRORS = [

@@ -346,8 +346,10 @@ def test_each_failed_connection_says_why_then_sigint(rtsp_server, clip, model, l
             "1",
         )
         run.collect(
-            lambda r: all(r.events(s).count("error") >= 1 for s in names)
-            and all(r.events(s).count("error") >= 2 for s in ("nopath", "refused")),
+            lambda r: (
+                all(r.events(s).count("error") >= 1 for s in names)
+                and all(r.events(s).count("error") >= 2 for s in ("nopath", "refused"))
+            ),
             40,
             "failures of every source",
         )

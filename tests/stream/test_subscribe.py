@@ -49,7 +49,9 @@ def test_until_eos_exits_by_itself_with_exactly_the_runs_results(clip_factory, m
         except subprocess.TimeoutExpired:
             sub.kill()
             stdout, stderr = sub.communicate(timeout=5)
-            raise AssertionError(f"subscribe --until-eos did not exit after the run:\n{stderr}")
+            raise AssertionError(
+                f"subscribe --until-eos did not exit after the run:\n{stderr}"
+            ) from None
     finally:
         if sub.poll() is None:
             sub.kill()
