@@ -278,10 +278,10 @@ class Supervisor:
             self._captures_started or self.failure is not None or self.stopping
         )
 
-    def step(self, timeout_ms: int = 200) -> list[bytes]:
+    def step(self, timeout_ms: int = 200) -> list[dict[str, Any]]:
         """Handle reports, commands, exits and timeouts; returns the result records that arrived
-        (JSON). Streams that ended on the sink collect in `ended`."""
-        results: list[bytes] = []
+        (collect=True). Streams that ended on the sink collect in `ended`."""
+        results: list[dict[str, Any]] = []
         poller = zmq.Poller()
         assert self._control is not None and self._commands is not None
         poller.register(self._control, zmq.POLLIN)
@@ -304,7 +304,7 @@ class Supervisor:
         self._check_timeouts()
         return results
 
-    def _drain_sink(self, results: list[bytes]) -> None:
+    def _drain_sink(self, results: list[dict[str, Any]]) -> None:
         assert self._sink is not None
         while True:
             parts = receive(self._sink, 0)
@@ -325,7 +325,14 @@ class Supervisor:
                 except ValueError:
                     self._reject("a malformed status event on the sink link")
             elif len(parts) == 2:
-                results.append(bytes(parts[1].buffer))
+                try:
+                    record = json.loads(bytes(parts[1].buffer))
+                except ValueError:
+                    record = None
+                if isinstance(record, dict):
+                    results.append(record)
+                else:
+                    self._reject("a result on the sink link that is no JSON object")
             else:
                 self._reject("a malformed result on the sink link")
 
