@@ -88,8 +88,7 @@ class Run:
         while time.monotonic() < end:
             if self.supervisor.finished:
                 return False
-            for data in self.supervisor.step(100):
-                record = json.loads(data)
+            for record in self.supervisor.step(100):
                 self.results.append(
                     (record["publish_ts"], record["latency_ms"], record["frame_index"])
                 )

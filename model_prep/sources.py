@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,14 +101,51 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise UserError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from None
+        raise UserError(f"cannot load checkpoint {path}: {checkpoint_problem(exc)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise UserError(f"checkpoint {path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def checkpoint_problem(exc: Exception) -> str:
+    """What torch.load's error means, in one complete line.
+
+    torch's own text is paragraphs long and starts with advice to re-run torch.load with
+    weights_only=False (which would run code from the file): the reason is near the end.
+    """
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split())
+        reason = reason.split(" Check the documentation of torch.load", 1)[0]
+        if "Unsupported global" in reason:
+            name = re.search(r"GLOBAL (\S+)", reason)
+            what = name.group(1) if name else "a Python class"
+            return (
+                f"it holds Python objects besides tensors ({what}); only a plain state dict "
+                "loads without running code from the file"
+            )
+        return f"not a PyTorch checkpoint (unpickling failed: {reason.rstrip('.')})"
+    if isinstance(exc, EOFError):
+        return "not a PyTorch checkpoint (empty or cut short)"
+    reason = first_sentence(re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first_line(exc)))
+    if "inline_container" in text:  # a zip archive, but not torch.save's layout
+        return f"not a PyTorch checkpoint (a zip archive without torch.save's layout: {reason})"
+    if "PytorchStreamReader failed" in text:
+        reason = reason.split("zip archive: ", 1)[-1]
+        return f"not a PyTorch checkpoint (a damaged or cut-short zip archive: {reason})"
+    return f"not a PyTorch checkpoint ({type(exc).__name__}: {reason})"
+
+
+def first_sentence(text: str, limit: int = 200) -> str:
+    """Up to the first '. ', and never cut mid-word: torch's messages run on for paragraphs."""
+    text = text.split(". ", 1)[0].rstrip(".")
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path):
@@ -179,14 +217,18 @@ def _torchvision(arch: str, weights: str) -> Source:
     else:
         wts = _torchvision_weights(arch, weights)
         filename = wts.url.rsplit("/", 1)[-1]
+        chatter = io.StringIO()  # torch.hub writes 'Downloading: "url" to path' on stdout
         try:
-            with contextlib.redirect_stderr(io.StringIO()):  # torch.hub's "Downloading:" line
+            with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
                 state = wts.get_state_dict(progress=False, check_hash=True)
         except Exception:
             raise UserError(
                 f"cannot download torchvision weights {wts} (offline?); pass the file "
                 f"instead: --weights /path/to/{filename}"
             ) from None
+        finally:
+            for line in chatter.getvalue().splitlines():
+                log.info("torch.hub: %s", line)
         load_state(model, state, arch, Path(filename))
         transform = wts.transforms()
         crop = int(transform.crop_size[0])

@@ -39,6 +39,7 @@ from stream import messages
 from stream.errors import UserError
 from stream.geometry import Geometry
 from stream.live import (
+    FIRST_FRAME_TIMEOUT_S,
     LatestSlot,
     LiveOptions,
     Stalled,
@@ -289,15 +290,20 @@ def decode_frames(
 
     Files: a missing pts is extrapolated from the frame rate; demux errors are retried.
     Live (`stall_timeout_s` set): pts stay None when the stream has none; read errors end the
-    connection (the caller reconnects); `Stalled` is raised when packets keep coming but no frame
-    was decoded for `stall_timeout_s`. `counters.decoded` numbers the frames, so indices carry on
-    when the caller passes the same counters to the next connection.
+    connection (the caller reconnects; a read that waits longer than the read timeout for data
+    is the stall of a silent stream). A connection joins the stream anywhere in a GOP, and the
+    decoder yields nothing before the next keyframe, which can be 10 s and more away on a camera:
+    `Stalled` is raised when packets keep coming but no first frame arrived within
+    `max(stall_timeout_s, FIRST_FRAME_TIMEOUT_S)`, or, once frames came, none was decoded for
+    `stall_timeout_s`. `counters.decoded` numbers the frames, so indices carry on when the caller
+    passes the same counters to the next connection.
     """
     live = stall_timeout_s is not None
     rate = float(stream.average_rate or stream.guessed_rate or 25)
     packets = container.demux(stream)
     last_pts: float | None = None
-    last_frame = time.monotonic()
+    connected = time.monotonic()
+    last_frame: float | None = None  # none yet on this connection: waiting for a keyframe
     while True:
         try:
             packet = next(packets)
@@ -320,8 +326,14 @@ def decode_frames(
             counters.decode_errors += 1
             log.debug("decode error %d: %s", counters.decode_errors, exc)
             frames = []
-        if live and not frames and time.monotonic() - last_frame > stall_timeout_s:
-            raise Stalled(f"no frame for {stall_timeout_s} s")
+        if live and not frames:
+            now = time.monotonic()
+            if last_frame is None:
+                wait = max(stall_timeout_s, FIRST_FRAME_TIMEOUT_S)  # type: ignore[type-var]
+                if now - connected > wait:
+                    raise Stalled(f"packets arrive but no keyframe decoded in {wait:g} s")
+            elif now - last_frame > stall_timeout_s:  # type: ignore[operator]
+                raise Stalled(f"packets arrive but no frame decoded for {stall_timeout_s:g} s")
         for frame in frames:
             pts = frame.time
             if pts is None and not live:

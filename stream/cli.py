@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from stream.errors import UserError
 
@@ -21,6 +22,17 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other user error:
+    `ovstream: error: argument --fps: must be positive, got 0 (see ovstream run --help)`, exit 2.
+    Sub-parsers made by `add_subparsers` are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        tool = self.prog.split()[0]
+        line = message.strip().splitlines()[0] if message.strip() else "bad arguments"
+        self.exit(2, f"{tool}: error: {line} (see {self.prog} --help)\n")
+
+
 def build_parser(
     commands: Sequence[tuple[str, str, str]] = COMMANDS,
     prog: str = "ovstream",
@@ -29,7 +41,7 @@ def build_parser(
     """One sub-parser per command; each command module is imported when the parser is built."""
     import importlib
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in commands:
@@ -40,27 +52,73 @@ def build_parser(
     return parser
 
 
-def setup_logging(verbose: int) -> None:
+class OneLineFormatter(logging.Formatter):
+    """Log records as `ovstream: warning: ...` / `ovstream: error: ...`, one line each, like the
+    command's own error lines; `-v` lines (info, debug) also name the logger. Tracebacks of
+    logged exceptions only with `-vv`."""
+
+    def __init__(self, prog: str, debug: bool) -> None:
+        super().__init__()
+        self.prog = prog
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "error" if record.levelno >= logging.ERROR else record.levelname.lower()
+        where = "" if record.levelno >= logging.WARNING else f"{record.name}: "
+        text = record.getMessage()
+        if not self.debug:
+            text = " ".join(text.split("\n"))
+        elif record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return f"{self.prog}: {level}: {where}{text}"
+
+
+def setup_logging(verbose: int, prog: str = "ovstream") -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter(prog, debug=verbose >= 2))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def run_guarded(func: Callable[[], int], prog: str) -> int:
-    """Run a command; user errors become one line on stderr and exit code 2."""
+    """Run a command; user errors and a missing extra become one line on stderr and exit code 2."""
     try:
         return func()
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        from stream.deps import missing_dependency
+
+        message = missing_dependency(exc)
+        if message is None:  # not a declared dependency: a bug, keep the traceback
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
+def run_main(
+    argv: Sequence[str] | None,
+    commands: Sequence[tuple[str, str, str]],
+    prog: str,
+    description: str | None,
+) -> int:
+    """Parse and run one command, all inside `run_guarded`: building the parser imports every
+    command module, and so every dependency a missing extra would lack."""
+
+    def parse_and_run() -> int:
+        args = build_parser(commands, prog, description).parse_args(argv)
+        setup_logging(args.verbose, prog)
+        return args._run(args)
+
+    return run_guarded(parse_and_run, prog)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_guarded(lambda: args._run(args), "ovstream")
+    return run_main(argv, COMMANDS, "ovstream", __doc__)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ a V4L2 device) runs for as long as the pipeline runs and must never fall behind 
   buffering (`fflags=nobuffer`, short analysis), TCP for RTSP unless UDP is asked for.
 - `Backoff`: exponential delay between reconnect attempts, capped.
 - `live_frames`: the reconnect loop with a watchdog: opens, decodes, and when the stream ends,
-  errors or stalls (no frame for `stall_timeout_s`) reports why, waits the backoff delay and
-  opens again, until told to stop. Frame indices keep counting across reconnects.
+  errors or stalls (no data for `stall_timeout_s`; or packets without frames: no first keyframe
+  within `FIRST_FRAME_TIMEOUT_S`, or no frame for `stall_timeout_s` after the first) reports why,
+  waits the backoff delay and opens again, until told to stop. Frame indices keep counting
+  across reconnects.
 - `LatestSlot`: a one-frame mailbox between the decoder and the sender; a new frame replaces an
   unsent one (counted as dropped), so what leaves is always the newest frame.
 - `scrub`: takes the password of a URL out of any text (PyAV error messages quote the URL).
@@ -22,9 +24,11 @@ wait checks the stop flag every 0.1 s. So a stop takes at most max(open, read ti
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -44,6 +48,10 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp",
 TRANSPORTS = ("tcp", "udp")
 WAIT_SLICE_S = 0.1
 """How often a backoff wait checks the stop flag."""
+FIRST_FRAME_TIMEOUT_S = 60.0
+"""How long a new connection that receives packets may wait for its first frame (the next
+keyframe: cameras send one every 1 to 10 s and more) before it counts as stalled; a stream that
+sends no data at all is caught by the read timeout (`stall_timeout_s`) instead."""
 
 
 # ------------------------------------------------------------------------------ source kinds
@@ -90,7 +98,9 @@ class LiveOptions:
     read_timeout_s: float | None = None
     """Give up one blocking read after this long; None = `stall_timeout_s`."""
     stall_timeout_s: float = 5.0
-    """Reconnect when no frame was decoded for this long (the watchdog)."""
+    """Reconnect when no data arrived for this long, or, once a connection decoded its first
+    frame (the first keyframe may take longer: `FIRST_FRAME_TIMEOUT_S`), no frame (the
+    watchdog)."""
     backoff_initial_s: float = 0.5
     """Delay before the first reconnect attempt; it doubles on every failure..."""
     backoff_max_s: float = 10.0
@@ -297,7 +307,8 @@ def wait_unless_stopped(seconds: float, should_stop: Callable[[], bool]) -> bool
 
 
 class Stalled(Exception):
-    """No frame was decoded for longer than the stall timeout (raised by capture's decode loop)."""
+    """Packets arrive but no frame was decoded in time (raised by capture's decode loop; its text
+    says which wait ran out)."""
 
 
 Status = Callable[..., None]
@@ -311,6 +322,72 @@ def describe_error(exc: BaseException, url: str) -> str:
         return "timed out"
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return scrub(str(reason).strip().splitlines()[0], url)
+
+
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}
+"""TCP port of each scheme whose connection failures `open_failure` can diagnose."""
+TIMEOUT_SHARE = 0.9
+"""An open that failed after this share of its timeout ran into the timeout."""
+
+
+def connect_problem(
+    host: str, port: int, timeout_s: float, waited_s: float | None = None
+) -> str | None:
+    """Why a TCP connection to host:port fails, or None if it connects (and is closed again).
+    `waited_s`: how long the caller already waited for an answer (said in the timeout's line)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return f"unknown host {host}"
+    family, kind, proto, _, address = addresses[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(address)
+        except TimeoutError:
+            waited = timeout_s if waited_s is None else waited_s
+            return f"timed out: no answer to a connection to {host}:{port} in {waited:g} s"
+        except ConnectionRefusedError:
+            return "connection refused"
+        except OSError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                return "host unreachable"
+            if exc.errno == errno.ENETUNREACH:
+                return "network unreachable"
+            return (exc.strerror or str(exc)).lower()
+    return None
+
+
+def open_failure(exc: BaseException, url: str, elapsed_s: float, opts: LiveOptions) -> str:
+    """One line on why opening a live source failed.
+
+    FFmpeg's RTSP demuxer reports a server that never answers, one that closes the connection
+    and a timed-out open alike as "Invalid data found when processing input", and a failed name
+    lookup as "Input/output error". Those are told apart here: a TCP connection to the server
+    shows whether it is there at all, and the time the open took whether it ran out of time.
+    """
+    specific = not isinstance(exc, (av.InvalidDataError, av.ExitError)) and getattr(
+        exc, "errno", None
+    ) not in (errno.EIO, None)
+    if specific or "://" not in url:
+        return describe_error(exc, url)
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        host, port = parts.hostname, parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        host, port = None, None
+    if not host or port is None or scheme not in DEFAULT_PORTS:
+        return describe_error(exc, url)
+    timeout_s = min(opts.open_timeout_s, opts.read_timeout)
+    # The open already waited; the attempt as a whole stays within about its timeout (Ctrl-C).
+    probe_s = max(0.2, opts.open_timeout_s - elapsed_s)
+    problem = connect_problem(host, port, probe_s, waited_s=max(probe_s, round(elapsed_s, 1)))
+    if problem is not None:
+        return scrub(problem, url)
+    if isinstance(exc, av.ExitError) or elapsed_s >= TIMEOUT_SHARE * timeout_s:
+        return f"timed out: the server took the connection but did not answer in {timeout_s:g} s"
+    return "the server closed the connection without a valid answer"
 
 
 def live_frames(
@@ -345,7 +422,11 @@ def live_frames(
         except (av.FFmpegError, UserError, OSError) as exc:
             if container is not None:
                 container.close()
-            reason = str(exc) if isinstance(exc, UserError) else describe_error(exc, url)
+            elapsed = time.monotonic() - t0
+            if isinstance(exc, UserError):
+                reason = str(exc)
+            else:
+                reason = open_failure(exc, url, elapsed, opts)
             status("error", attempt=attempt, reason=f"cannot connect: {reason}")
         else:
             if should_stop():  # stopped while the open was blocking: do not start reading
@@ -368,8 +449,10 @@ def live_frames(
                     yield item
                     if should_stop():
                         break
-            except (Stalled, av.ExitError):
-                reason = f"stalled: no frame for {opts.stall_timeout_s:g} s"
+            except Stalled as exc:
+                reason = f"stalled: {exc}"
+            except av.ExitError:
+                reason = f"stalled: no data for {opts.read_timeout:g} s"
             except (av.FFmpegError, UserError, OSError) as exc:
                 reason = f"read error: {describe_error(exc, url)}"
             finally:

@@ -19,7 +19,6 @@ and returns the same `RunSummary`. A stage that dies raises `PipelineError` nami
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -327,9 +326,9 @@ class Pipeline:
             assert self.supervisor is not None
             try:
                 while not self.supervisor.finished:
-                    for data in self.supervisor.step(100):
+                    for record in self.supervisor.step(100):
                         if on_result is not None:
-                            on_result(json.loads(data))
+                            on_result(record)
                     self._stream_ends(on_stream_end)
                     if progress and time.monotonic() - last >= progress_interval_s:
                         last = time.monotonic()
@@ -351,8 +350,7 @@ class Pipeline:
                 raise RuntimeError("this pipeline was started without collect=True")
             try:
                 while not self.supervisor.finished:
-                    for data in self.supervisor.step(100):
-                        yield json.loads(data)
+                    yield from self.supervisor.step(100)
                     self._stream_ends(None)
             finally:
                 self.close()
@@ -451,6 +449,7 @@ class Pipeline:
             if report is None:  # the run ended before this stream did: what capture said
                 report = dict(sup.stats(f"capture[{spec.stream_id}]"))
                 report["published"] = int(published.get(spec.stream_id, 0))
+                report.setdefault("stopped", sup.interrupted)
             if spec.stream_id in sup.source_errors:
                 report["error"] = sup.source_errors[spec.stream_id]
             reports.append(source_report(spec, report))

@@ -28,6 +28,7 @@ import zmq
 from stream import messages
 from stream.errors import UserError
 from stream.model import load_info, topk
+from stream.results_file import output_problem
 from stream.stage import Stage, StreamTracker
 from stream.transport import TransportConfig, open_socket, receive_message, send
 
@@ -61,6 +62,9 @@ class PublishConfig:
     def __post_init__(self) -> None:
         if self.topk < 1:
             raise UserError(f"--topk must be at least 1, got {self.topk}")
+        problem = self.output and output_problem(self.output, self.sources.values())
+        if problem:
+            raise UserError(problem)
 
 
 class Reorderer:

@@ -145,7 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=d.stall_timeout_s,
         metavar="S",
-        help=f"reconnect after S s without a frame (default {d.stall_timeout_s:g})",
+        help="reconnect after S s without data, or without a frame once frames came "
+        f"(the first keyframe may take longer) (default {d.stall_timeout_s:g})",
     )
     live.add_argument(
         "--backoff-max",

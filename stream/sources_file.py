@@ -3,7 +3,7 @@
     # cams.toml
     [defaults]                  # optional; every key a source may have except name, url
     fps = 2                     # classify 2 frames a second
-    stall_timeout = 5           # seconds without a frame before reconnecting
+    stall_timeout = 5           # seconds without data (or frames) before reconnecting
 
     [[source]]
     name = "front"              # stream id (default: the URL's last path segment)

@@ -328,11 +328,11 @@ def stage_main(
     stage._ppid = os.getppid()
     if orphan_kill:
         die_with_parent()
-    # Ignored already (the supervisor started us with both ignored and blocked): unblock them,
-    # ignored, so that nothing a terminal or a service manager sends to the group stops us.
+    # Ignored from the start (the supervisor starts stages deaf to them), and again here for a
+    # stage started off the main thread: nothing a terminal or a service manager sends to the
+    # whole group stops a stage.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     set_process_title(process_title(stage.name))
     configure_child_logging(log_queue, log_level)
     code = 0

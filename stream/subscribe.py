@@ -5,6 +5,10 @@
 
 Status events (stream/schemas/status.schema.json) are published under `_status/<stream id>`;
 `--status` prints them among the results, `--status-only` prints nothing else.
+
+`--until-eos` exits 0 once every stream seen has ended: its `end_of_stream` event arrived and
+then either all its results (the event's `sent`) or the publisher went away (the run is over).
+Each line is flushed as it is written, so a pipe (`| jq --unbuffered ...`) loses nothing.
 """
 
 from __future__ import annotations
@@ -26,12 +30,16 @@ from stream.transport import check_endpoint
 
 log = logging.getLogger(__name__)
 
-PROG = "ovstream subscribe"
+PROG = "ovstream"
 EVENTS = ("results", "status", "all")
 
 
 class SubscribeTimeout(Exception):
     """No result arrived within the timeout."""
+
+
+class PublisherGone(Exception):
+    """`until_eos`: the publisher closed before every stream it published had ended."""
 
 
 def subscribe(
@@ -40,13 +48,15 @@ def subscribe(
     timeout_s: float | None = None,
     raw: bool = False,
     events: str = "results",
+    until_eos: bool = False,
 ) -> Iterator[Any]:
     """Yield result records (dicts, or the JSON bytes with `raw`) from a pipeline's PUB socket.
 
     `topic` keeps one stream id (exactly, not as a prefix). `events`: `results` (default),
     `status` (status events only) or `all` (both, as they arrive). `timeout_s` raises
     SubscribeTimeout when that long passes without a message; None waits for ever. Malformed
-    messages are skipped with a warning.
+    messages are skipped with a warning. `until_eos`: return once every stream seen has ended
+    (see `EndTracker`); status events are then received (not yielded unless `events` asks).
     """
     check_endpoint(endpoint)
     if events not in EVENTS:
@@ -58,19 +68,35 @@ def subscribe(
     status_prefix = STATUS_TOPIC_PREFIX.encode()
     if events in ("results", "all"):
         sock.setsockopt(zmq.SUBSCRIBE, topic.encode() if topic else b"")
-    if events == "status" or (events == "all" and topic):
+    if events == "status" or (events == "all" and topic) or (until_eos and events == "results"):
         sock.setsockopt(zmq.SUBSCRIBE, status_prefix + (topic.encode() if topic else b""))
+    # The publisher going away (the run is over) is seen on a monitor socket.
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED) if until_eos else None
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
         sock.close()
         ctx.term()
         raise UserError(f"cannot connect to {endpoint}: {exc.strerror}") from None
+    ends = EndTracker()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    if monitor is not None:
+        poller.register(monitor, zmq.POLLIN)
     try:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
+        while not (until_eos and ends.done):
             wait_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not sock.poll(min(wait_ms, 200)):
+            ready = dict(poller.poll(min(wait_ms, 200)))
+            if monitor is not None and monitor in ready:
+                monitor.recv_multipart()
+                ends.publisher_gone = True
+                continue  # what it sent before it went is already queued on `sock`
+            if sock not in ready:
+                if ends.publisher_gone:  # everything it sent has been read
+                    if ends.done:
+                        return
+                    raise PublisherGone("the publisher went away before every stream ended")
                 if deadline is not None and time.monotonic() >= deadline:
                     raise SubscribeTimeout(f"no result within {timeout_s:g} s")
                 continue
@@ -79,7 +105,8 @@ def subscribe(
                 log.warning("skipped a message with %d parts (expected 2)", len(parts))
                 continue
             is_status = parts[0].startswith(status_prefix)
-            if is_status and events == "results" or not is_status and events == "status":
+            wanted = not (is_status and events == "results" or not is_status and events == "status")
+            if not wanted and not until_eos:
                 continue
             stream_id = parts[0][len(status_prefix) :] if is_status else parts[0]
             if topic is not None and stream_id != topic.encode():
@@ -96,10 +123,47 @@ def subscribe(
                 continue
             if deadline is not None:
                 deadline = time.monotonic() + timeout_s  # type: ignore[operator]
-            yield parts[1] if raw else record
+            ends.saw(record, is_status)
+            if wanted:
+                yield parts[1] if raw else record
     finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(linger=0)
         sock.close()
         ctx.term()
+
+
+class EndTracker:
+    """Which streams a subscriber has seen, and whether all of them have ended.
+
+    A stream has ended when its `end_of_stream` status event arrived and either its results
+    numbered the event's `sent` (a subscriber that saw the whole run) or the publisher went away
+    (the run is over; what it sent before has been read). The event can arrive before the
+    stream's last results, which take the longer path through the stages.
+    """
+
+    def __init__(self) -> None:
+        self.results: dict[str, int] = {}
+        self.expected: dict[str, int | None] = {}
+        self.publisher_gone = False
+
+    def saw(self, record: dict[str, Any], is_status: bool) -> None:
+        stream = str(record.get("stream_id"))
+        self.results.setdefault(stream, 0)
+        if not is_status:
+            self.results[stream] += 1
+        elif record.get("event") == "end_of_stream":
+            sent = record.get("sent")
+            self.expected[stream] = sent if isinstance(sent, int) else None
+
+    @property
+    def done(self) -> bool:
+        if not self.results or set(self.results) - set(self.expected):
+            return False
+        return self.publisher_gone or all(
+            n is not None and self.results[s] >= n for s, n in self.expected.items()
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +197,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="give up after S seconds without a result (exit 1)",
     )
+    parser.add_argument(
+        "--until-eos",
+        action="store_true",
+        help="exit 0 once every stream seen has ended (all its results received)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,16 +211,21 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     try:
         for data in subscribe(
-            args.endpoint, args.topic, args.timeout, raw=True, events=args.events
+            args.endpoint,
+            args.topic,
+            args.timeout,
+            raw=True,
+            events=args.events,
+            until_eos=args.until_eos,
         ):
             out.write(data + b"\n")
             out.flush()
             got += 1
             if args.count is not None and got >= args.count:
                 break
-    except SubscribeTimeout as exc:
+    except (SubscribeTimeout, PublisherGone) as exc:
         wanted = f" (got {got} of {args.count})" if args.count else f" (got {got})"
-        print(f"{PROG}: {exc}{wanted}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}{wanted}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0

@@ -106,26 +106,43 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Start children with SIGINT and SIGTERM ignored (and blocked, so none is lost here).
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
-    Dispositions set to ignore survive exec, so a stage process is deaf to them from its first
-    instruction, before its own start-up code runs; a signal for this process that arrives
-    meanwhile stays pending and is delivered when the block ends.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal dispositions can only be changed on the main thread
-        return
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT/SIGTERM in this thread; a thread started meanwhile keeps them blocked."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
+def children_deaf_to_stop_signals() -> Iterator[None]:
+    """Start processes with SIGINT and SIGTERM ignored from their first instruction.
+
+    An ignored disposition survives exec, so a stage process cannot be interrupted while Python
+    starts and imports (a Ctrl-C to the whole group there printed KeyboardInterrupt tracebacks).
+    The signals are blocked meanwhile: Linux keeps a blocked signal pending even while it is
+    ignored, and the supervisor's own handler gets it when the block ends. Every other thread of
+    the supervisor blocks them for good (ZeroMQ's I/O threads do; the log listener is started
+    inside `stop_signals_blocked`), so the kernel cannot hand one to a thread that would drop it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # dispositions can be changed on the main thread only
+        return
+    with stop_signals_blocked():
+        if set(signal.sigpending()) & STOP_SIGNALS:
+            yield  # a stop is already waiting: ignoring now would discard it
+            return
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 class Supervisor:
@@ -183,6 +200,7 @@ class Supervisor:
         self._stop_at: float | None = None
         self._captures_started = False
         self._early_stop = False
+        self._stop_done = False
         self._spawn: Any = None
         self._log_queue: Any = None
         for state in self.states.values():
@@ -216,14 +234,15 @@ class Supervisor:
             )
         log_queue = spawn.Queue()
         self._listener = logging.handlers.QueueListener(log_queue, _Forward())
-        self._listener.start()
+        with stop_signals_blocked():
+            self._listener.start()
         self._spawn = spawn
         self._log_queue = log_queue
         self._started_at = time.monotonic()
         # Captures start once the rest is ready, so no frame waits for model compilation and
         # capture timestamps (hence latencies) mean what they say.
         for state in self.states.values():
-            if not state.is_capture:
+            if not state.is_capture and not self.stopping:
                 self._start_process(state)
 
     def _start_process(self, state: StageState) -> None:
@@ -235,7 +254,7 @@ class Supervisor:
             name=state.name,
             daemon=True,
         )
-        with signals_held():
+        with children_deaf_to_stop_signals():
             state.process.start()
 
     def _start_captures_when_ready(self) -> None:
@@ -259,10 +278,10 @@ class Supervisor:
             self._captures_started or self.failure is not None or self.stopping
         )
 
-    def step(self, timeout_ms: int = 200) -> list[bytes]:
+    def step(self, timeout_ms: int = 200) -> list[dict[str, Any]]:
         """Handle reports, commands, exits and timeouts; returns the result records that arrived
-        (JSON). Streams that ended on the sink collect in `ended`."""
-        results: list[bytes] = []
+        (collect=True). Streams that ended on the sink collect in `ended`."""
+        results: list[dict[str, Any]] = []
         poller = zmq.Poller()
         assert self._control is not None and self._commands is not None
         poller.register(self._control, zmq.POLLIN)
@@ -276,6 +295,7 @@ class Supervisor:
             self._drain_commands()
         if self._sink is not None and self._sink in events:
             self._drain_sink(results)
+        self._carry_out_stop()
         self._start_captures_when_ready()
         self._assign()
         self._release()
@@ -284,7 +304,7 @@ class Supervisor:
         self._check_timeouts()
         return results
 
-    def _drain_sink(self, results: list[bytes]) -> None:
+    def _drain_sink(self, results: list[dict[str, Any]]) -> None:
         assert self._sink is not None
         while True:
             parts = receive(self._sink, 0)
@@ -305,7 +325,14 @@ class Supervisor:
                 except ValueError:
                     self._reject("a malformed status event on the sink link")
             elif len(parts) == 2:
-                results.append(bytes(parts[1].buffer))
+                try:
+                    record = json.loads(bytes(parts[1].buffer))
+                except ValueError:
+                    record = None
+                if isinstance(record, dict):
+                    results.append(record)
+                else:
+                    self._reject("a result on the sink link that is no JSON object")
             else:
                 self._reject("a malformed result on the sink link")
 
@@ -502,19 +529,24 @@ class Supervisor:
     # -- stop -------------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Stop reading the sources; what is in flight still comes out."""
+        """Stop reading the sources; what is in flight still comes out. Safe in a signal
+        handler: it only records the request, which the next `step()` carries out."""
         if self.stopping:
             return
         self.stopping = True
         self.interrupted = True
         self._stop_at = time.monotonic()
+
+    def _carry_out_stop(self) -> None:
+        if not self.stopping or self._stop_done:
+            return
+        self._stop_done = True
         if not self._captures_started:  # nothing read yet: nothing to drain
             self._early_stop = True
             self._end_all()
             return
         for state in self.capture_states():
             self._send_command(state.name, "stop")
-        self._assign()
 
     def abort(self, reason: str) -> None:
         """Stop everything now (a second Ctrl-C, or the caller gave up)."""

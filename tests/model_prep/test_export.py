@@ -111,7 +111,7 @@ def _wrong_arch_checkpoint(tmp_path):
 def _corrupt_checkpoint(tmp_path):
     path = tmp_path / "broken.pth"
     path.write_bytes(b"\x80\x02 this is not a checkpoint" * 10)
-    return ["--arch", "resnet50", "--weights", str(path)], "cannot read checkpoint"
+    return ["--arch", "resnet50", "--weights", str(path)], "cannot load checkpoint"
 
 
 def _not_a_state_dict(tmp_path):

@@ -66,6 +66,7 @@ class RtspServer:
         user: str | None = None,
         password: str | None = None,
         once: bool = False,
+        start_frame: int = 0,
         log_dir: Path,
     ) -> None:
         if (file is None) == (pattern is None):
@@ -78,6 +79,8 @@ class RtspServer:
             self._args += ["--user", user, "--password", password or ""]
         if once:
             self._args.append("--once")
+        if start_frame:
+            self._args += ["--start-frame", str(start_frame)]
         self.port = 0
         """Bound TCP port; 0 until the first start picks a free one, then kept for restarts."""
         self.log = log_dir / "rtsp-server.log"
@@ -191,7 +194,8 @@ class RtspServer:
 
 @pytest.fixture
 def rtsp_server(tmp_path: Path) -> Iterator:
-    """Factory: rtsp_server(file=... | pattern='WxH@FPS', path=, user=, password=, once=) starts a
+    """Factory: rtsp_server(file=... | pattern='WxH@FPS', path=, user=, password=, once=,
+    start_frame=) starts a
     server and returns its RtspServer (.url, .url_for(), .stop(), .start(), .stall(), .resume(),
     .kill()); every server is stopped at teardown."""
     reason = gst_rtsp_unavailable()

@@ -145,11 +145,15 @@ class Stall:
 class ClipFeeder:
     """Pushes a Clip into one media's live appsrc at the clip's frame rate, in a thread."""
 
-    def __init__(self, appsrc: Gst.Element, clip: Clip, stall: Stall, loop: bool) -> None:
+    def __init__(
+        self, appsrc: Gst.Element, clip: Clip, stall: Stall, loop: bool, start: int = 0
+    ) -> None:
         self.appsrc = appsrc
         self.clip = clip
         self.stall = stall
         self.loop = loop
+        self.start_frame = start
+        """Packet (in decode order) the media starts at: > 0 joins the clip mid-GOP."""
         self._playing = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clip-feeder", daemon=True)
@@ -174,8 +178,8 @@ class ClipFeeder:
         self._playing.wait()
         clip, n = self.clip, len(self.clip.packets)
         generation = self.stall.generation
-        base = self._now()
-        i = 0
+        i = self.start_frame % n
+        base = self._now() - i * clip.frame_ns
         while not self._stop.is_set():
             if self.stall.stalled and not self.stall.wait_running(0.1):
                 continue
@@ -231,7 +235,9 @@ class Factory(GstRtspServer.RTSPMediaFactory):
         src = media.get_element().get_by_name("src")
         if self.clip is not None:
             src.set_property("caps", self.clip.caps)
-            feeder = ClipFeeder(src, self.clip, self.stall, loop=not self.args.once)
+            feeder = ClipFeeder(
+                src, self.clip, self.stall, loop=not self.args.once, start=self.args.start_frame
+            )
             media.connect("unprepared", lambda *_: feeder.stop())
             feeder.start()
         else:
@@ -259,6 +265,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--file", help="H.264 MP4 to serve (looped unless --once)")
     source.add_argument("--pattern", type=parse_pattern, help="live test pattern WxH@FPS")
     parser.add_argument("--once", action="store_true", help="play --file once, then end")
+    parser.add_argument(
+        "--start-frame",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start every new media at the clip's packet N (decode order), e.g. just after a "
+        "keyframe, so a client joins mid-GOP and waits for the next keyframe",
+    )
     parser.add_argument("--user", help="require RTSP basic auth with this user")
     parser.add_argument("--password", default="", help="password for --user")
     args = parser.parse_args(argv)
@@ -266,6 +280,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.path = "/" + args.path
     if args.once and not args.file:
         parser.error("--once needs --file")
+    if args.start_frame and not args.file:
+        parser.error("--start-frame needs --file")
     return args
 
 

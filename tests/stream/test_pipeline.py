@@ -221,6 +221,46 @@ def test_killed_stage_stops_the_run_and_is_named(clip_factory, model, tmp_path):
     ]
 
 
+def test_a_killed_supervisor_leaves_no_stage_behind(clip_factory, model, tmp_path):
+    """kill -9 of the main process: the kernel ends every stage with it (PR_SET_PDEATHSIG),
+    captures and pool workers included, instead of leaving them to notice on their own."""
+    files = [clip_factory(160, 90, 25, 300, name=f"orphan{i}") for i in range(3)]
+    proc = start_cli(
+        "ovstream",
+        "run",
+        *map(str, files),
+        "--model",
+        str(model),
+        "--publish",
+        "none",
+        "--no-progress",
+        "--jobs",
+        "2",
+    )
+    try:
+        parent = psutil.Process(proc.pid)
+
+        def stages() -> list[psutil.Process]:
+            alive = []
+            for child in parent.children(recursive=True):
+                try:
+                    if child.name().startswith("ovs-"):
+                        alive.append(child)
+                except psutil.NoSuchProcess:
+                    pass
+            return alive
+
+        wait_for(lambda: len(stages()) == 5, 60, "three stages and two capture workers")
+        children = stages()
+        proc.kill()
+        proc.communicate(timeout=10)
+        gone, alive = psutil.wait_procs(children, timeout=10)
+    finally:
+        proc.kill()
+    assert not alive, [p.name() for p in alive]
+    assert len(gone) == 5
+
+
 def test_killed_stage_raises_from_the_python_api(clip_factory, model):
     clip = clip_factory(160, 90, 25, 300, name="long")
     config = PipelineConfig(
