@@ -27,7 +27,7 @@ from typing import IO, Any
 from stream.capture import SourceSpec
 from stream.errors import UserError
 from stream.jobs.inputs import expand_inputs
-from stream.jobs.state import JobState, StatusSummary
+from stream.jobs.state import FileRow, JobState, StatusSummary
 from stream.jobs.writer import OutputWriter, discard_parts, output_path
 from stream.model import load_info
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, SourceReport
@@ -282,7 +282,7 @@ class _Run:
         state: JobState,
         out: Path,
         total: int,
-        todo: list[Any],
+        todo: list[FileRow],
         t0: float,
         progress: Callable[[BatchProgress], None] | None,
     ) -> None:
