@@ -15,6 +15,7 @@ the sink for the Python API; they are not written to the JSON Lines file, which 
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import time
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 PUB_HWM = 10000
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds of the capture->publish latency histogram (Prometheus' defaults); +Inf last."""
 
 
 @dataclass
@@ -65,6 +68,21 @@ class PublishConfig:
         problem = self.output and output_problem(self.output, self.sources.values())
         if problem:
             raise UserError(problem)
+
+
+class LatencyHistogram:
+    """Capture->publish latency of one stream in fixed buckets: plain lists, so it travels in the
+    stage's STATS as JSON. `counts[i]` counts latencies <= LATENCY_BUCKETS_S[i] and above the bound
+    before (the last one, above every bound); the reader accumulates them."""
+
+    @staticmethod
+    def new() -> dict[str, Any]:
+        return {"counts": [0] * (len(LATENCY_BUCKETS_S) + 1), "sum": 0.0}
+
+    @staticmethod
+    def observe(hist: dict[str, Any], seconds: float) -> None:
+        hist["counts"][bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        hist["sum"] += seconds
 
 
 class Reorderer:
@@ -151,8 +169,15 @@ class PublishStage(Stage):
         tracker = StreamTracker(list(cfg.sources), ordered=False)
         orders = {s: Reorderer() for s in cfg.sources}
         published = {s: 0 for s in cfg.sources}  # streams that have not ended yet
+        latency = {s: LatencyHistogram.new() for s in cfg.sources}  # the same streams
         self.stats.update(
-            published=published, results=0, lost=0, pub_dropped=0, subscriptions=0, status=0
+            published=published,
+            latency=latency,
+            results=0,
+            lost=0,
+            pub_dropped=0,
+            subscriptions=0,
+            status=0,
         )
         timeout = self.transport.io_timeout_ms
         while not tracker.done and not self.should_stop():
@@ -181,17 +206,20 @@ class PublishStage(Stage):
                 if not self._emit(record):
                     return
                 published[msg.stream] += 1
+                LatencyHistogram.observe(
+                    latency[msg.stream], record["publish_ts"] - record["capture_ts"]
+                )
                 self.stats["results"] += 1
             if msg.kind == messages.EOS:
-                self._end_stream(msg, published.pop(msg.stream))
+                self._end_stream(msg, published.pop(msg.stream), latency.pop(msg.stream))
         self._forward_status()
         self.complete = tracker.done
         self.tick(force=True)
 
-    def _end_stream(self, msg: messages.Message, count: int) -> None:
+    def _end_stream(self, msg: messages.Message, count: int, latency: dict[str, Any]) -> None:
         """After a stream's last result: tell the supervisor (and the sink) it is complete."""
         self._forward_status()  # its end_of_stream event, sent by capture before the EOS
-        self.eos_seen(msg, published=count)
+        self.eos_seen(msg, published=count, latency=latency)
         if self._sink is not None:
             report = {**msg.meta, "stream_id": msg.stream, "published": count}
             parts = [b"", messages.SINK_END, json.dumps(report).encode()]

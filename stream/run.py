@@ -117,6 +117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ipc",
         help="links between stages: ipc sockets in a temp dir (default) or tcp",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz here (:PORT or PORT: 127.0.0.1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     parser.add_argument(
         "--print",
@@ -187,6 +192,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         transport=TransportConfig(scheme=args.transport),
         mode=args.mode,
         live=live,
+        metrics=args.metrics,
     )
 
 
