@@ -184,6 +184,22 @@ class PipelineCollector(Collector):
             "Messages a subscriber too slow for the PUB socket's high-water mark missed.",
             value=int(publish.get("pub_dropped", 0)),
         )
+        if pipeline.config.mqtt:
+            yield CounterMetricFamily(
+                "ovstream_mqtt_dropped",
+                "Results not sent to the MQTT broker (not connected, or too slow).",
+                value=int(publish.get("mqtt_dropped", 0)),
+            )
+            yield CounterMetricFamily(
+                "ovstream_mqtt_messages_sent",
+                "Results and status events handed to the MQTT connection.",
+                value=int(publish.get("mqtt_published", 0)),
+            )
+            yield GaugeMetricFamily(
+                "ovstream_mqtt_connected",
+                "1 while connected to the MQTT broker.",
+                value=1.0 if publish.get("mqtt_connected") else 0.0,
+            )
 
     def _rate(self, sid: str, published: int, now: float, elapsed: float) -> float:
         samples = self._samples.setdefault(sid, collections.deque())

@@ -37,6 +37,7 @@ from stream.infer import InferConfig, InferStage
 from stream.live import LiveOptions
 from stream.metrics import ExtraMetrics, MetricsServer, parse_address
 from stream.model import PERFORMANCE_HINTS, load_info
+from stream.mqtt import parse_mqtt_url
 from stream.preprocess import PreprocessConfig, PreprocessStage
 from stream.publish import DEFAULT_PUBLISH, PublishConfig, PublishStage
 from stream.supervisor import Supervisor
@@ -102,6 +103,11 @@ class PipelineConfig:
     """At most this many files are decoded at once, by a pool of capture workers that each take
     the next file when they finish one; 0 = the number of CPU cores. Live sources each have a
     capture process of their own on top."""
+    mqtt: str | None = None
+    """Also publish results and status events to an MQTT broker:
+    `mqtt://[user:pass@]HOST[:PORT]/PREFIX` (see stream/mqtt.py for the topics); None = off."""
+    mqtt_qos: int = 0
+    """QoS of the MQTT messages: 0 (at most once, the default) or 1 (at least once)."""
     metrics: str | None = None
     """Serve `/metrics` (Prometheus) and `/healthz` on `HOST:PORT` (`:PORT` or `PORT`: loopback;
     port 0: any free one, see `Pipeline.metrics_url`); None = off."""
@@ -123,6 +129,10 @@ class PipelineConfig:
             raise UserError(f"wait_subscribers must be >= 0, got {self.wait_subscribers}")
         if self.metrics is not None:
             parse_address(self.metrics)
+        if self.mqtt is not None:
+            parse_mqtt_url(self.mqtt)
+        if self.mqtt_qos not in (0, 1):
+            raise UserError(f"mqtt_qos must be 0 or 1, got {self.mqtt_qos}")
         for spec in self.specs:
             self.capture_config(spec)  # checks fps and threading
 
@@ -247,6 +257,8 @@ class Pipeline:
                     sink=collect,
                     wait_subscribers=cfg.wait_subscribers,
                     subscriber_timeout_s=cfg.subscriber_timeout_s,
+                    mqtt=cfg.mqtt,
+                    mqtt_qos=cfg.mqtt_qos,
                 ),
                 cfg.transport,
                 endpoints,

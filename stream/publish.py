@@ -29,6 +29,7 @@ import zmq
 from stream import messages
 from stream.errors import UserError
 from stream.model import load_info, topk
+from stream.mqtt import MqttPublisher, parse_mqtt_url
 from stream.results_file import output_problem
 from stream.stage import Stage, StreamTracker
 from stream.transport import TransportConfig, open_socket, receive_message, send
@@ -61,10 +62,18 @@ class PublishConfig:
     """Hold results until this many subscriptions arrived on the PUB socket."""
     subscriber_timeout_s: float = 30.0
     """Give up waiting for subscribers after this long (with a warning)."""
+    mqtt: str | None = None
+    """`mqtt://[user:pass@]HOST[:PORT]/PREFIX` to publish results and status events to."""
+    mqtt_qos: int = 0
+    """QoS of those MQTT messages: 0 (at most once) or 1 (at least once)."""
 
     def __post_init__(self) -> None:
         if self.topk < 1:
             raise UserError(f"--topk must be at least 1, got {self.topk}")
+        if self.mqtt is not None:
+            parse_mqtt_url(self.mqtt)
+        if self.mqtt_qos not in (0, 1):
+            raise UserError(f"MQTT QoS must be 0 or 1, got {self.mqtt_qos}")
         problem = self.output and output_problem(self.output, self.sources.values())
         if problem:
             raise UserError(problem)
@@ -141,6 +150,7 @@ class PublishStage(Stage):
         self._sink: zmq.Socket | None = None
         self._status: zmq.Socket | None = None
         self._file: IO[str] | None = None
+        self._mqtt: MqttPublisher | None = None
 
     def run(self) -> None:
         cfg = self.config
@@ -163,6 +173,10 @@ class PublishStage(Stage):
             self._sink = self.socket(zmq.PUSH, "sink", bind=False)
         if "status" in self.endpoints:
             self._status = self.socket(zmq.PULL, "status", bind=True, hwm=1000, linger_ms=0)
+        if cfg.mqtt:
+            self._mqtt = MqttPublisher(parse_mqtt_url(cfg.mqtt), cfg.mqtt_qos)
+            self._mqtt.start()  # before READY: a broker that is up gets the first result
+            self.stats.update(self._mqtt.stats())
         self.report(messages.READY)
         self._wait_for_subscribers()
 
@@ -181,6 +195,8 @@ class PublishStage(Stage):
         )
         timeout = self.transport.io_timeout_ms
         while not tracker.done and not self.should_stop():
+            if self._mqtt is not None:
+                self.stats.update(self._mqtt.stats())
             self.tick()
             self._drain_subscriptions()
             self._forward_status()
@@ -213,6 +229,9 @@ class PublishStage(Stage):
             if msg.kind == messages.EOS:
                 self._end_stream(msg, published.pop(msg.stream), latency.pop(msg.stream))
         self._forward_status()
+        if self._mqtt is not None:
+            self._mqtt.flush()  # bounded; what is left is counted as dropped
+            self.stats.update(self._mqtt.stats())
         self.complete = tracker.done
         self.tick(force=True)
 
@@ -248,6 +267,8 @@ class PublishStage(Stage):
                     self._pub.send_multipart([topic, data], flags=zmq.NOBLOCK)
                 except zmq.Again:
                     self.stats["pub_dropped"] += 1
+            if self._mqtt is not None:
+                self._mqtt.publish_status(msg.stream, data)
             if self._sink is not None:
                 send(self._sink, [topic, data], self.should_stop)
 
@@ -261,6 +282,8 @@ class PublishStage(Stage):
                 self.stats["pub_dropped"] += 1
         if self._file is not None:
             self._file.write(data.decode() + "\n")
+        if self._mqtt is not None:
+            self._mqtt.publish_result(record["stream_id"], data)
         if self._sink is not None:
             return send(self._sink, [topic, data], self.should_stop)
         return True
@@ -303,6 +326,9 @@ class PublishStage(Stage):
         self.stats["waiting_subscribers"] = 0
 
     def close(self) -> None:
+        if self._mqtt is not None:
+            self._mqtt.close()
+            self._mqtt = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -100,3 +100,5 @@ def model(lite0_model) -> Path:
 
 # The real RTSP server, for test_live.py.
 from tests.rtsp.fixtures import rtsp_server  # noqa: E402, F401
+# The real Mosquitto broker, for test_mqtt.py.
+from tests.mqtt.fixtures import mosquitto  # noqa: E402, F401
