@@ -19,6 +19,7 @@ from typing import TextIO
 
 from stream.errors import UserError
 from stream.live import LiveOptions
+from stream.mqtt import parse_mqtt_url
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, RunSummary
 from stream.publish import DEFAULT_PUBLISH
 from stream.sources_file import ConfigError, load_sources_file
@@ -117,6 +118,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ipc",
         help="links between stages: ipc sockets in a temp dir (default) or tcp",
     )
+    parser.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="also publish results to an MQTT broker: mqtt://[user:pass@]HOST[:PORT]/PREFIX "
+        "(topics PREFIX/<stream>/result, PREFIX/<stream>/status, PREFIX/availability)",
+    )
+    parser.add_argument(
+        "--mqtt-qos",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="QoS of the MQTT messages (default 0)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz here (:PORT or PORT: 127.0.0.1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     parser.add_argument(
         "--print",
@@ -187,6 +206,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         transport=TransportConfig(scheme=args.transport),
         mode=args.mode,
         live=live,
+        metrics=args.metrics,
+        mqtt=args.mqtt,
+        mqtt_qos=args.mqtt_qos,
     )
 
 
@@ -292,6 +314,21 @@ def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
             f"for the PUB socket's high-water mark",
             file=out,
         )
+    publish = summary.stages.get("publish", {})
+    if pipeline.config.mqtt:
+        target = parse_mqtt_url(pipeline.config.mqtt).masked
+        dropped = int(publish.get("mqtt_dropped", 0))
+        print(
+            f"{PROG}: mqtt {target}: {int(publish.get('mqtt_published', 0))} message(s) sent, "
+            f"{dropped} result(s) dropped (mqtt_dropped)",
+            file=out,
+        )
+        if dropped:
+            print(
+                f"{PROG}: warning: {dropped} result(s) not sent to the MQTT broker "
+                "(not connected, or too slow)",
+                file=out,
+            )
     if summary.interrupted and not summary.failure:
         print(f"{PROG}: interrupted: stopped reading, published everything in flight", file=out)
 
