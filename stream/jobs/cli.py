@@ -21,7 +21,7 @@ from stream.batch import BatchConfig, BatchProgress, BatchSummary, job_status, r
 from stream.errors import UserError
 from stream.jobs.state import StatusSummary
 from stream.publish import DEFAULT_PUBLISH
-from stream.run import positive_float
+from stream.run import StatusLine, positive_float
 from stream.transport import TransportConfig
 
 PROG = "ovstream"
@@ -139,41 +139,18 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
-class ProgressLine:
-    """Files done / total, frames per second and ETA: a live line on a terminal, a plain line
-    every few seconds on a pipe."""
-
-    def __init__(self, out: TextIO, enabled: bool, every_s: float = 5.0) -> None:
-        self.out = out
-        self.enabled = enabled
-        self.tty = out.isatty()
-        self.every_s = every_s
-        self.last = -1e9
-        self.width = 0
+class ProgressLine(StatusLine):
+    """Files done / total, frames per second and ETA."""
 
     def __call__(self, p: BatchProgress) -> None:
-        if not self.enabled:
+        if not self.due(p.elapsed_s):
             return
-        if p.elapsed_s - self.last < (0.5 if self.tty else self.every_s):
-            return
-        self.last = p.elapsed_s
         failed = f" ({p.failed} failed)" if p.failed else ""
         eta = "?" if p.eta_s is None else duration(p.eta_s)
-        line = (
+        self.show(
             f"[{p.elapsed_s:7.1f}s] files {p.finished}/{p.total}{failed} | "
             f"{p.frames} frames, {p.fps:.1f} fps | ETA {eta}"
         )
-        if self.tty:
-            self.out.write("\r" + line.ljust(self.width))
-            self.width = len(line)
-        else:
-            self.out.write(line + "\n")
-        self.out.flush()
-
-    def clear(self) -> None:
-        if self.enabled and self.tty and self.width:
-            self.out.write("\r" + " " * self.width + "\r")
-            self.out.flush()
 
 
 def print_summary(s: BatchSummary, out: TextIO) -> None:
