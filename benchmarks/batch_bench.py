@@ -59,7 +59,7 @@ def ovstream(*args: str) -> list[str]:
 
 
 def frame_indices(path: Path) -> list[int]:
-    """Frames PyAV decodes from `path`, counted independently of stream.capture."""
+    """Frames PyAV decodes from `path`, counted independently of stream.stages.capture."""
     n = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]

@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stream import Pipeline, PipelineConfig  # noqa: E402
-from stream.capture import WindowScaler  # noqa: E402
 from stream.geometry import prepare  # noqa: E402
 from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
+from stream.sources.decode import WindowScaler  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from stream.capture import SourceSpec
 from stream.errors import UserError
 from stream.jobs.inputs import expand_inputs
 from stream.jobs.state import FileRow, JobState, StatusSummary
 from stream.jobs.writer import OutputWriter, discard_parts, output_path
 from stream.model import load_info
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, SourceReport
-from stream.publish import DEFAULT_PUBLISH
-from stream.transport import TransportConfig
+from stream.sources.spec import SourceSpec
+from stream.stages.publish import DEFAULT_PUBLISH
+from stream.wire.transport import TransportConfig
 
 log = logging.getLogger(__name__)
 

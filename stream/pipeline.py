@@ -10,7 +10,7 @@
 
 Live sources (rtsp://, http(s)://, udp://, rtmp://, /dev/videoN) run until `stop()` (or SIGINT),
 reconnecting as needed; `sources` may mix strings and `SourceSpec`s with per-source settings
-(`stream.sources_file.load_sources_file` reads them from TOML). Their status events
+(`stream.sources.config_file.load_sources_file` reads them from TOML). Their status events
 (stream/schemas/status.schema.json) collect in `pipeline.status_events` while iterating.
 
 `Pipeline.run()` runs to the end without collecting results (they go to `publish` / `output`)
@@ -31,17 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream.capture import CaptureConfig, CaptureStage, SourceSpec, parse_sources
 from stream.errors import UserError
-from stream.infer import InferConfig, InferStage
-from stream.live import LiveOptions
-from stream.metrics import ExtraMetrics, MetricsServer, parse_address
 from stream.model import PERFORMANCE_HINTS, load_info
-from stream.mqtt import parse_mqtt_url
-from stream.preprocess import PreprocessConfig, PreprocessStage
-from stream.publish import DEFAULT_PUBLISH, PublishConfig, PublishStage
+from stream.ops.metrics import ExtraMetrics, MetricsServer, parse_address
+from stream.ops.mqtt import parse_mqtt_url
+from stream.sources.live import LiveOptions
+from stream.sources.spec import SourceSpec, parse_sources
+from stream.stages.capture import CaptureConfig, CaptureStage
+from stream.stages.infer import InferConfig, InferStage
+from stream.stages.preprocess import PreprocessConfig, PreprocessStage
+from stream.stages.publish import DEFAULT_PUBLISH, PublishConfig, PublishStage
 from stream.supervisor import Supervisor
-from stream.transport import TransportConfig, check_endpoint, free_tcp_port, resolve_endpoints
+from stream.wire.transport import TransportConfig, check_endpoint, free_tcp_port, resolve_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class PipelineConfig:
     capture process of their own on top."""
     mqtt: str | None = None
     """Also publish results and status events to an MQTT broker:
-    `mqtt://[user:pass@]HOST[:PORT]/PREFIX` (see stream/mqtt.py for the topics); None = off."""
+    `mqtt://[user:pass@]HOST[:PORT]/PREFIX` (see stream/ops/mqtt.py for the topics); None = off."""
     mqtt_qos: int = 0
     """QoS of the MQTT messages: 0 (at most once, the default) or 1 (at least once)."""
     metrics: str | None = None

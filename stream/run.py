@@ -18,12 +18,12 @@ import sys
 from typing import TextIO
 
 from stream.errors import UserError
-from stream.live import LiveOptions
-from stream.mqtt import parse_mqtt_url
+from stream.ops.mqtt import parse_mqtt_url
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, RunSummary
-from stream.publish import DEFAULT_PUBLISH
-from stream.sources_file import ConfigError, load_sources_file
-from stream.transport import TransportConfig
+from stream.sources.config_file import ConfigError, load_sources_file
+from stream.sources.live import LiveOptions
+from stream.stages.publish import DEFAULT_PUBLISH
+from stream.wire.transport import TransportConfig
 
 PROG = "ovstream"
 

@@ -24,9 +24,9 @@ from typing import Any
 import zmq
 
 from stream.errors import UserError
-from stream.messages import STATUS_TOPIC_PREFIX
-from stream.publish import DEFAULT_PUBLISH
-from stream.transport import check_endpoint
+from stream.stages.publish import DEFAULT_PUBLISH
+from stream.wire.messages import STATUS_TOPIC_PREFIX
+from stream.wire.transport import check_endpoint
 
 log = logging.getLogger(__name__)
 

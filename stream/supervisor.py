@@ -42,9 +42,9 @@ from typing import Any
 
 import zmq
 
-from stream import messages
-from stream.stage import EXIT_USER_ERROR, Stage, stage_main
-from stream.transport import TransportConfig, open_socket, receive
+from stream.stages.base import EXIT_USER_ERROR, Stage, stage_main
+from stream.wire import messages
+from stream.wire.transport import TransportConfig, open_socket, receive
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import TextIO
 from stream.batch import BatchConfig, BatchProgress, BatchSummary, job_status, run_batch
 from stream.errors import UserError
 from stream.jobs.state import StatusSummary
-from stream.publish import DEFAULT_PUBLISH
 from stream.run import StatusLine, positive_float
-from stream.transport import TransportConfig
+from stream.stages.publish import DEFAULT_PUBLISH
+from stream.wire.transport import TransportConfig
 
 PROG = "ovstream"
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from stream import messages
 from stream.errors import UserError
 from stream.jobs.state import JobState
+from stream.wire import messages
 
 log = logging.getLogger(__name__)
 

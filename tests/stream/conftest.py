@@ -37,7 +37,7 @@ def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> Non
 
 
 def count_frames(path: Path, fps: float | None = None) -> list[tuple[int, float]]:
-    """(frame_index, pts) of the frames PyAV decodes, counted independently of stream.capture."""
+    """(frame_index, pts) of the frames PyAV decodes, counted independently of stream."""
     frames = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]

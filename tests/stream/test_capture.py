@@ -6,17 +6,16 @@ import av
 import numpy as np
 import pytest
 
-from stream.capture import (
+from stream.errors import UserError
+from stream.geometry import Geometry, prepare
+from stream.sources.decode import (
     DecodeCounters,
     PtsSampler,
-    SourceSpec,
     WindowScaler,
     decode_frames,
     open_source,
-    parse_sources,
 )
-from stream.errors import UserError
-from stream.geometry import Geometry, prepare
+from stream.sources.spec import SourceSpec, parse_sources
 
 from .conftest import count_frames
 

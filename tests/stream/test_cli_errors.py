@@ -59,7 +59,7 @@ def test_subscribe_count_below_one_is_an_error_line():
 
 def test_log_records_become_ovstream_lines():
     def line(level: int, msg: str, debug: bool = False) -> str:
-        record = logging.LogRecord("stream.capture", level, __file__, 1, msg, None, None)
+        record = logging.LogRecord("stream.stages.capture", level, __file__, 1, msg, None, None)
         return OneLineFormatter("ovstream", debug).format(record)
 
     assert line(logging.WARNING, "source cam: disconnected") == (
@@ -67,5 +67,5 @@ def test_log_records_become_ovstream_lines():
     )
     assert line(logging.ERROR, "x") == "ovstream: error: x"
     assert line(logging.CRITICAL, "x") == "ovstream: error: x"
-    assert line(logging.INFO, "x") == "ovstream: info: stream.capture: x"
+    assert line(logging.INFO, "x") == "ovstream: info: stream.stages.capture: x"
     assert line(logging.WARNING, "two\nlines") == "ovstream: warning: two lines"

@@ -22,9 +22,9 @@ import pytest
 import zmq
 
 from stream import Pipeline, PipelineConfig
-from stream.live import LiveOptions
-from stream.messages import load_schema, load_status_schema
-from stream.transport import free_tcp_port
+from stream.sources.live import LiveOptions
+from stream.wire.messages import load_schema, load_status_schema
+from stream.wire.transport import free_tcp_port
 from tests.conftest import ROOT, cli_command, start_cli
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]

@@ -11,10 +11,9 @@ import jsonschema
 import pytest
 import zmq
 
-from stream import messages
-from stream.capture import SourceSpec, parse_sources
 from stream.errors import UserError
-from stream.live import (
+from stream.sources.config_file import ConfigError, parse_sources_toml
+from stream.sources.live import (
     Backoff,
     LatestSlot,
     LiveOptions,
@@ -25,9 +24,10 @@ from stream.live import (
     scrub,
     wait_unless_stopped,
 )
-from stream.sources_file import ConfigError, parse_sources_toml
+from stream.sources.spec import SourceSpec, parse_sources
 from stream.subscribe import SubscribeTimeout, subscribe
-from stream.transport import free_tcp_port
+from stream.wire import messages
+from stream.wire.transport import free_tcp_port
 
 # ------------------------------------------------------------------------------ backoff
 

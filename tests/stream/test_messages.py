@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zmq
 
-from stream import messages
-from stream.messages import MessageError, decode, encode
+from stream.wire import messages
+from stream.wire.messages import MessageError, decode, encode
 
 from .conftest import recv_within
 

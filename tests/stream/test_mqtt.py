@@ -9,10 +9,10 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from stream.capture import SourceSpec
 from stream.errors import UserError
-from stream.mqtt import MqttPublisher, parse_mqtt_url
+from stream.ops.mqtt import MqttPublisher, parse_mqtt_url
 from stream.pipeline import Pipeline, PipelineConfig
+from stream.sources.spec import SourceSpec
 from tests.conftest import run_cli
 from tests.mqtt.fixtures import free_port
 from tests.stream.conftest import wait_for

@@ -14,8 +14,8 @@ import pytest
 import zmq
 
 from stream import Pipeline, PipelineConfig, PipelineError
-from stream.messages import load_schema
-from stream.transport import TransportConfig, free_tcp_port
+from stream.wire.messages import load_schema
+from stream.wire.transport import TransportConfig, free_tcp_port
 from tests.conftest import run_cli, start_cli
 
 from .conftest import count_frames, wait_for

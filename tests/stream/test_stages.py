@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import zmq
 
-from stream import messages
 from stream.geometry import Geometry
-from stream.infer import InferConfig, InferStage
-from stream.preprocess import PreprocessConfig, PreprocessStage
-from stream.publish import PublishConfig, PublishStage
-from stream.stage import stage_main
-from stream.transport import TransportConfig
+from stream.stages.base import stage_main
+from stream.stages.infer import InferConfig, InferStage
+from stream.stages.preprocess import PreprocessConfig, PreprocessStage
+from stream.stages.publish import PublishConfig, PublishStage
+from stream.wire import messages
+from stream.wire.transport import TransportConfig
 
 from .conftest import recv_within
 

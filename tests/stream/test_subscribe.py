@@ -11,9 +11,9 @@ import time
 import pytest
 import zmq
 
-from stream import messages
 from stream.subscribe import EndTracker
-from stream.transport import free_tcp_port
+from stream.wire import messages
+from stream.wire.transport import free_tcp_port
 from tests.conftest import run_cli, start_cli
 from tests.stream.conftest import count_frames
 

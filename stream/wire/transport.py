@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from stream.errors import UserError
-from stream.messages import Message, MessageError, decode
+from stream.wire.messages import Message, MessageError, decode
 
 LINKS = ("frames", "tensors", "logits", "control", "sink", "command")
 

@@ -26,13 +26,13 @@ from typing import IO, Any
 import numpy as np
 import zmq
 
-from stream import messages
 from stream.errors import UserError
 from stream.model import load_info, topk
-from stream.mqtt import MqttPublisher, parse_mqtt_url
+from stream.ops.mqtt import MqttPublisher, parse_mqtt_url
 from stream.results_file import output_problem
-from stream.stage import Stage, StreamTracker
-from stream.transport import TransportConfig, open_socket, receive_message, send
+from stream.stages.base import Stage, StreamTracker
+from stream.wire import messages
+from stream.wire.transport import TransportConfig, open_socket, receive_message, send
 
 log = logging.getLogger(__name__)
 

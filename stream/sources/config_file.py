@@ -32,9 +32,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from stream.capture import RESERVED_PREFIX, SourceSpec
 from stream.errors import UserError
-from stream.live import LiveOptions, default_stream_id
+from stream.sources.live import LiveOptions, default_stream_id
+from stream.sources.spec import RESERVED_PREFIX, SourceSpec
 
 OPTION_KEYS = {
     "transport": "transport",

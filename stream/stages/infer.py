@@ -21,10 +21,10 @@ from typing import Any
 
 import zmq
 
-from stream import messages
 from stream.model import compile_model, load_info
-from stream.stage import Stage, StreamTracker
-from stream.transport import TransportConfig, send
+from stream.stages.base import Stage, StreamTracker
+from stream.wire import messages
+from stream.wire.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
 

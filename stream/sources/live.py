@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 import av
 
 from stream.errors import UserError
-from stream.messages import mask_credentials
+from stream.wire.messages import mask_credentials
 
 log = logging.getLogger(__name__)
 

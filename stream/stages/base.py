@@ -35,9 +35,9 @@ from typing import Any
 
 import zmq
 
-from stream import messages
 from stream.errors import UserError, first_line
-from stream.transport import TransportConfig, open_socket, receive_message
+from stream.wire import messages
+from stream.wire.transport import TransportConfig, open_socket, receive_message
 
 log = logging.getLogger(__name__)
 

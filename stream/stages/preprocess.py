@@ -1,12 +1,11 @@
 """Preprocess stage: frames from every capture -> the u8 BGR tensor the IR takes.
 
 The geometry is the project's one policy (`stream.geometry`). Capture already applies it on the
-decoded YUV frame (`capture.WindowScaler`: crop the source window, resize and convert to BGR in
-one swscale pass), which costs a quarter of converting the whole frame and resizing it here, so
-its frames arrive marked `prepared`: this stage checks they are the model input and passes them
-on without a copy. Any other BGR frame goes through `stream.geometry.prepare`. Frames of every
-source meet here, and malformed ones stop here. Colour conversion and normalisation are inside
-the IR.
+decoded YUV frame (`sources.decode.WindowScaler`: crop the source window, resize and convert to BGR
+in one swscale pass), which costs a quarter of converting the whole frame and resizing it here, so
+its frames arrive marked `prepared`: this stage checks they are the model input and passes them on
+without a copy. Any other BGR frame goes through `stream.geometry.prepare`. Frames of every source
+meet here, and malformed ones stop here. Colour conversion and normalisation are inside the IR.
 """
 
 from __future__ import annotations
@@ -16,10 +15,10 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from stream import messages
 from stream.geometry import Geometry, prepare
-from stream.stage import Stage, StreamTracker
-from stream.transport import TransportConfig, send
+from stream.stages.base import Stage, StreamTracker
+from stream.wire import messages
+from stream.wire.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
 

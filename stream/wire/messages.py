@@ -27,10 +27,10 @@ WIRE_VERSION = 1
 """Version of the internal header format; receivers reject any other."""
 RESULT_VERSION = 1
 """Version of the public result record (`v` in result.schema.json)."""
-SCHEMA_PATH = Path(__file__).with_name("schemas") / "result.schema.json"
+SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "result.schema.json"
 STATUS_VERSION = 1
 """Version of the public status event (`v` in status.schema.json)."""
-STATUS_SCHEMA_PATH = Path(__file__).with_name("schemas") / "status.schema.json"
+STATUS_SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "status.schema.json"
 STATUS_TOPIC_PREFIX = "_status/"
 """Status events go out on the PUB socket under `_status/<stream_id>`; results under the id."""
 STATUS_EVENTS = (

@@ -35,7 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from stream.errors import UserError
-from stream.publish import LATENCY_BUCKETS_S
+from stream.stages.publish import LATENCY_BUCKETS_S
 from stream.supervisor import stop_signals_blocked
 
 if TYPE_CHECKING:

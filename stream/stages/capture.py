@@ -1,20 +1,17 @@
-"""Capture stage: one process per source; decodes with PyAV and sends the model's input.
+"""Capture stage: decodes its sources (`stream.sources.decode`) and sends the model's input.
 
+A dedicated capture reads one source; a pool worker asks the supervisor for files one by one.
 Each decoded frame is stamped with the stream id, its index among the frames the decoder
-produced, its pts in seconds and the wall-clock time it was decoded. The model's geometry is
-applied on the decoded YUV frame (`WindowScaler`: FFmpeg crops the source window of
-`Geometry.source_window` and one swscale pass resizes it and converts it to BGR), far cheaper
-than converting the full frame and resizing it with OpenCV; the frame on the wire is the model's
-input itself (224x224 for the default).
+produced, its pts in seconds and the wall-clock time it was decoded; the frame on the wire is
+the model's input itself (224x224 for the default), cut on the decoded YUV frame. A source that
+cannot be read at all sends an end of stream carrying the error, so the rest of the pipeline (and
+the other sources) go on.
 
-Corrupt packets are skipped and counted, decoding goes on. A source that cannot be read at all
-sends an end-of-stream carrying the error, so the rest of the pipeline (and the other sources)
-go on.
-
-A live source (RTSP, HLS, UDP, RTMP, a V4L2 device; see `stream.live`) is read differently: the
-reconnect loop `live.live_frames` wraps `decode_frames`, and frames go through a one-frame
-`LatestSlot` to a sender thread that sends only when the pipeline has room, so a saturated
-pipeline drops frames (counted) and always classifies the newest one instead of falling behind.
+A live source (RTSP, HLS, UDP, RTMP, a V4L2 device; see `stream.sources.live`) is read
+differently: the reconnect loop `live.live_frames` wraps `decode_frames`, and frames go through
+a one-frame `LatestSlot` to a sender thread that sends only when the pipeline has room, so a
+saturated pipeline drops frames (counted) and always classifies the newest one instead of
+falling behind.
 Both kinds publish status events (connecting, connected, disconnected, ...) to the publish stage
 over the `status` link.
 """
@@ -25,96 +22,40 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 import zmq
 
-from stream import messages
 from stream.errors import UserError
 from stream.geometry import Geometry
-from stream.live import (
-    FIRST_FRAME_TIMEOUT_S,
+from stream.sources.decode import (
+    DecodeCounters,
+    PtsSampler,
+    WindowScaler,
+    decode_frames,
+    open_source,
+)
+from stream.sources.live import (
     LatestSlot,
     LiveOptions,
-    Stalled,
-    default_stream_id,
-    is_live_url,
     live_frames,
     scrub,
 )
-from stream.stage import Stage
-from stream.transport import TransportConfig, send
+from stream.sources.spec import SourceSpec
+from stream.stages.base import Stage
+from stream.wire import messages
+from stream.wire.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
 
-MAX_DEMUX_ERRORS = 100
 THREAD_TYPES = ("AUTO", "FRAME", "SLICE", "NONE")
 EOS_SEND_TIMEOUT_S = 10.0
 STATUS_HWM = 1000
 ENDED_KEYS = ("stream", "frames", "decoded", "skipped", "dropped", "reconnects", "error", "stopped")
 """A pool worker's counters of a finished stream, sent with its request for the next one."""
-RESERVED_PREFIX = messages.STATUS_TOPIC_PREFIX.rstrip("/")
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """One input: a stream id, where to read it from, and per-source settings."""
-
-    stream_id: str
-    """Id of the stream: the PUB topic and `stream_id` of its results."""
-    url: str
-    """A file path, a stream URL (rtsp://, http(s)://, udp://, rtmp://...) or /dev/videoN."""
-    live: bool | None = None
-    """Read as a live source (reconnect, drop to keep up); None = decide from the URL."""
-    fps: float | None = None
-    """Frames per second to classify for this source; None = the pipeline's setting."""
-    options: LiveOptions | None = None
-    """Transport, timeouts and backoff of a live source; None = the pipeline's defaults."""
-
-    @classmethod
-    def parse(cls, text: str) -> SourceSpec:
-        """`NAME=SOURCE` or just `SOURCE` (the id is then the file stem or the URL's last
-        path segment)."""
-        name, sep, rest = text.partition("=")
-        if sep and name and "/" not in name and ":" not in name and rest:
-            return cls(name, rest)
-        return cls(default_stream_id(text.split("?", 1)[0].rstrip("/")), text)
-
-    @property
-    def is_live(self) -> bool:
-        return is_live_url(self.url) if self.live is None else self.live
-
-    @property
-    def masked_url(self) -> str:
-        """The URL with its password replaced by ***, for anything shown or logged."""
-        return messages.mask_credentials(self.url)
-
-
-def parse_sources(texts: list[str | SourceSpec]) -> list[SourceSpec]:
-    """Sources with unique stream ids; duplicates are a UserError naming the fix."""
-    if not texts:
-        raise UserError("no sources given")
-    specs = [t if isinstance(t, SourceSpec) else SourceSpec.parse(t) for t in texts]
-    seen: dict[str, str] = {}
-    for spec in specs:
-        if spec.stream_id.startswith(RESERVED_PREFIX):
-            raise UserError(
-                f"stream id {spec.stream_id!r} starts with {RESERVED_PREFIX!r}, which is reserved "
-                f"for status events; name the source with NAME=SOURCE"
-            )
-        if spec.stream_id in seen:
-            raise UserError(
-                f"two sources would have the stream id {spec.stream_id!r} "
-                f"({seen[spec.stream_id]}, {spec.masked_url}); name them with NAME=SOURCE"
-            )
-        seen[spec.stream_id] = spec.masked_url
-    return specs
 
 
 @dataclass
@@ -138,215 +79,6 @@ class CaptureConfig:
             raise UserError(f"--fps must be a positive number, got {self.fps}")
         if self.thread_type not in THREAD_TYPES:
             raise UserError(f"thread_type must be one of {THREAD_TYPES}, got {self.thread_type!r}")
-
-
-# ------------------------------------------------------------------------------ pure functions
-
-
-class PtsSampler:
-    """Keeps the first frame of every 1/fps-second slot of presentation time."""
-
-    def __init__(self, fps: float | None) -> None:
-        self.fps = fps
-        self._origin: float | None = None
-        self._last_slot: int | None = None
-
-    def keep(self, pts: float) -> bool:
-        if self.fps is None:
-            return True
-        if self._origin is None:
-            self._origin = pts
-        slot = math.floor((pts - self._origin) * self.fps + 1e-6)
-        if self._last_slot is not None and slot <= self._last_slot:
-            return False
-        self._last_slot = slot
-        return True
-
-
-# 8-bit planar formats by chroma subsampling (horizontal, vertical), for `crop_format`.
-PLANAR_8BIT = {(2, 2): "yuv420p", (2, 1): "yuv422p", (4, 1): "yuv411p", (4, 4): "yuv410p"}
-
-
-def crop_format(fmt: av.VideoFormat) -> str | None:
-    """None if FFmpeg's crop can cut `fmt` at any pixel, else the 8-bit planar format to convert
-    to first.
-
-    Cropping at an odd offset is exact for 8-bit planar YUV and for formats without chroma
-    subsampling; for semi-planar (NV12), packed 4:2:2 (YUYV) and high-bit-depth subsampled
-    frames (10-bit HEVC) it would misplace the chroma, so those are converted first (at full
-    size: slower, but only for such sources).
-    """
-    full = av.VideoFormat(fmt.name, 64, 64)
-    sub = (64 // full.chroma_width(), 64 // full.chroma_height())
-    if sub == (1, 1):
-        return None
-    components = fmt.components
-    if all(c.bits == 8 for c in components) and len({c.plane for c in components}) == len(
-        components
-    ):
-        return None
-    return PLANAR_8BIT.get(sub, "yuv444p")
-
-
-class WindowScaler:
-    """Decoded frame -> the model's input, u8 BGR: `prepare`'s work, done on the YUV frame.
-
-    FFmpeg's crop filter takes the geometry's source window (no copy: it moves the plane
-    pointers) and one swscale pass resizes it to the input size and converts it to BGR, on this
-    thread only. For a 1080p frame that is about a quarter of the CPU of scaling the whole frame
-    to 455x256 and cropping afterwards, and the frame on the wire is the input tensor itself.
-    The filter graph is rebuilt when the frame size or pixel format changes (a live stream can
-    change resolution on reconnect).
-    """
-
-    def __init__(self, geometry: Geometry) -> None:
-        self.geometry = geometry
-        self._key: tuple[int, int, str] | None = None
-        self._graph: Any = None
-
-    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        key = (frame.width, frame.height, frame.format.name)
-        if key != self._key:
-            self._graph = self._build(frame)
-            self._key = key
-        self._graph.push(frame)
-        # Rows of FFmpeg's frame are padded: one copy of the small input makes it contiguous.
-        return np.ascontiguousarray(self._graph.pull().to_ndarray())
-
-    def _build(self, frame: av.VideoFrame) -> Any:
-        g = self.geometry
-        x, y, width, height = g.source_window(frame.width, frame.height)
-        shrinking = g.width * g.height < width * height
-        graph = av.filter.Graph()
-        chain = [
-            graph.add_buffer(
-                width=frame.width,
-                height=frame.height,
-                format=frame.format.name,
-                time_base=frame.time_base or Fraction(1, 90000),
-            )
-        ]
-        planar = crop_format(frame.format)
-        if planar is not None:
-            chain.append(graph.add("format", f"pix_fmts={planar}"))
-        chain += [
-            graph.add("crop", f"w={width}:h={height}:x={x}:y={y}:exact=1"),
-            graph.add(
-                "scale",
-                f"w={g.width}:h={g.height}:flags={'area' if shrinking else 'bilinear'}:threads=1",
-            ),
-            graph.add("format", "pix_fmts=bgr24"),
-            graph.add("buffersink"),
-        ]
-        for a, b in zip(chain, chain[1:], strict=False):
-            a.link_to(b)
-        graph.configure()
-        return graph
-
-
-@dataclass
-class DecodeCounters:
-    """What the decoder did with one source."""
-
-    packets: int = 0
-    """Video packets with data that were read."""
-    decoded: int = 0
-    """Frames the decoder produced."""
-    decode_errors: int = 0
-    """Packets the decoder rejected (corrupt data)."""
-    demux_errors: int = 0
-    """Read errors the demuxer recovered from."""
-    corrupt_frames: int = 0
-    """Frames the decoder produced but flagged as damaged (still classified)."""
-
-    @property
-    def skipped(self) -> int:
-        """Frames lost to corrupt data: packets that did not become frames."""
-        return max(0, self.packets - self.decoded)
-
-
-def open_source(url: str) -> tuple[Any, Any]:
-    """Open a source and its first video stream; every failure is a one-line UserError."""
-    if "://" not in url:
-        path = Path(url)
-        if not path.exists():
-            raise UserError(f"no such file: {url}")
-        if not path.is_file():
-            raise UserError(f"not a file: {url}")
-    shown = messages.mask_credentials(url)
-    try:
-        container = av.open(url, mode="r", timeout=10.0)
-    except av.FFmpegError as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise UserError(scrub(f"cannot read {shown} as video: {reason}", url)) from None
-    if not container.streams.video:
-        container.close()
-        raise UserError(f"{shown} has no video stream (no frames to classify)")
-    return container, container.streams.video[0]
-
-
-def decode_frames(
-    container: Any, stream: Any, counters: DecodeCounters, stall_timeout_s: float | None = None
-) -> Iterator[tuple[int, float | None, av.VideoFrame]]:
-    """(frame_index, pts_seconds, frame) for every frame the decoder yields; skips bad data.
-
-    Files: a missing pts is extrapolated from the frame rate; demux errors are retried.
-    Live (`stall_timeout_s` set): pts stay None when the stream has none; read errors end the
-    connection (the caller reconnects; a read that waits longer than the read timeout for data
-    is the stall of a silent stream). A connection joins the stream anywhere in a GOP, and the
-    decoder yields nothing before the next keyframe, which can be 10 s and more away on a camera:
-    `Stalled` is raised when packets keep coming but no first frame arrived within
-    `max(stall_timeout_s, FIRST_FRAME_TIMEOUT_S)`, or, once frames came, none was decoded for
-    `stall_timeout_s`. `counters.decoded` numbers the frames, so indices carry on when the caller
-    passes the same counters to the next connection.
-    """
-    live = stall_timeout_s is not None
-    rate = float(stream.average_rate or stream.guessed_rate or 25)
-    packets = container.demux(stream)
-    last_pts: float | None = None
-    connected = time.monotonic()
-    last_frame: float | None = None  # none yet on this connection: waiting for a keyframe
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            return
-        except av.FFmpegError as exc:
-            if live:
-                raise
-            counters.demux_errors += 1
-            log.debug("demux error %d: %s", counters.demux_errors, exc)
-            if counters.demux_errors > MAX_DEMUX_ERRORS:
-                raise UserError(f"too many read errors ({counters.demux_errors}): {exc}") from None
-            packets = container.demux(stream)
-            continue
-        if packet.size:
-            counters.packets += 1
-        try:
-            frames = packet.decode()
-        except av.FFmpegError as exc:
-            counters.decode_errors += 1
-            log.debug("decode error %d: %s", counters.decode_errors, exc)
-            frames = []
-        if live and not frames:
-            now = time.monotonic()
-            if last_frame is None:
-                wait = max(stall_timeout_s, FIRST_FRAME_TIMEOUT_S)  # type: ignore[type-var]
-                if now - connected > wait:
-                    raise Stalled(f"packets arrive but no keyframe decoded in {wait:g} s")
-            elif now - last_frame > stall_timeout_s:  # type: ignore[operator]
-                raise Stalled(f"packets arrive but no frame decoded for {stall_timeout_s:g} s")
-        for frame in frames:
-            pts = frame.time
-            if pts is None and not live:
-                pts = 0.0 if last_pts is None else last_pts + 1.0 / rate
-            if pts is not None:
-                last_pts = float(pts)
-            counters.corrupt_frames += int(frame.is_corrupt)
-            index = counters.decoded
-            counters.decoded += 1
-            last_frame = time.monotonic()
-            yield index, None if pts is None else float(pts), frame
 
 
 # ------------------------------------------------------------------------------ the stage

@@ -1,0 +1,1 @@
+"""Operating a run: Prometheus metrics and health (`metrics`), results to MQTT (`mqtt`)."""

@@ -1,0 +1,1 @@
+"""The wire format between stages (`messages`) and the socket wiring (`transport`)."""
