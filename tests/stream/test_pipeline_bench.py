@@ -53,13 +53,17 @@ def test_pipeline_bench_reports_every_figure(model, tmp_path):
     off = abs(row["pure_vs_benchmark_app"] - 1) > 0.05
     assert (row["ceiling_warning"] is not None) == off
     assert off == ("WARNING: pure inference" in proc.stdout)
-    # Overhead: the processes' CPU per frame less decoding+resize and OpenVINO's own.
+    # Overhead: the processes' CPU per frame less decoding+resize and OpenVINO's own (a run too
+    # short for two CPU samples in its steady state has none).
     assert row["pure_cpu_ms"] > 0
-    assert row["cpu_ms_total"] == pytest.approx(sum(row["stage_ms"].values()))
-    assert row["overhead_ms"] == pytest.approx(
-        row["cpu_ms_total"] - row["decode_scale_ms"] - row["pure_cpu_ms"]
-    )
     assert "Overhead: CPU ms per frame" in proc.stdout
+    if row["stage_ms"]:
+        assert row["cpu_ms_total"] == pytest.approx(sum(row["stage_ms"].values()))
+        assert row["overhead_ms"] == pytest.approx(
+            row["cpu_ms_total"] - row["decode_scale_ms"] - row["pure_cpu_ms"]
+        )
+    else:
+        assert row["cpu_ms_total"] is None and row["overhead_ms"] is None
     assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
     assert set(row["stage_cpu_s"]) == {
         "capture[bench_320x180_25fps_40f]",
