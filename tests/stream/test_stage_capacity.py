@@ -26,7 +26,8 @@ def test_stage_capacity_measures_every_stage(tmp_path):
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = {r["stage"]: r for r in json.loads(out.read_text())["rows"]}
+    result = json.loads(out.read_text())
+    rows = {r["stage"]: r for r in result["rows"]}
     assert list(rows) == ["capture", "preprocess", "infer", "publish"]
     for row in rows.values():
         assert row["frames"] == 200, row
@@ -39,5 +40,7 @@ def test_stage_capacity_measures_every_stage(tmp_path):
     text = table.read_text()
     assert f"sum of the stages' own CPU per frame: {total:.3f} ms" in text
     assert text in proc.stdout
+    assert all(us > 0 for us in result["pieces_us"].values())
+    assert "messages.decode (frame)" in result["pieces_us"]
     info = load_info(tmp_path / "trivial")  # the trivial IR's folder is a valid model folder
     assert info.name == "trivial" and len(info.labels) == 1000
