@@ -57,6 +57,8 @@ MAX_DEMUX_ERRORS = 100
 THREAD_TYPES = ("AUTO", "FRAME", "SLICE", "NONE")
 EOS_SEND_TIMEOUT_S = 10.0
 STATUS_HWM = 1000
+ENDED_KEYS = ("stream", "frames", "decoded", "skipped", "dropped", "reconnects", "error", "stopped")
+"""A pool worker's counters of a finished stream, sent with its request for the next one."""
 RESERVED_PREFIX = messages.STATUS_TOPIC_PREFIX.rstrip("/")
 
 
@@ -402,8 +404,11 @@ class CaptureStage(Stage):
             return
         self.stats.update(streams_done=0)
         complete = True
+        ended: dict[str, Any] | None = None
         while True:
-            assignment = self.next_assignment()
+            # The counters of the file just read go with the request: the supervisor keeps them
+            # until publish reports that stream's end, so no count vanishes in between.
+            assignment = self.next_assignment(ended=ended)
             if assignment is None:  # aborted
                 return
             for stream_id in assignment.get("skip") or []:
@@ -415,6 +420,7 @@ class CaptureStage(Stage):
                 )
                 complete &= self._read(spec)
                 self.stats["streams_done"] += 1
+                ended = {k: self.stats.get(k) for k in ENDED_KEYS}
             elif not assignment.get("skip"):
                 break  # no file left
         self.complete = complete

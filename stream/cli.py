@@ -17,6 +17,7 @@ log = logging.getLogger("ovstream")
 COMMANDS: list[tuple[str, str, str]] = [
     ("classify", "stream.classify", "classify image files with a prepared model"),
     ("run", "stream.run", "classify video files in the streaming pipeline and publish results"),
+    ("batch", "stream.jobs.cli", "classify many video files as one resumable job"),
     ("subscribe", "stream.subscribe", "print a pipeline's published results as JSON lines"),
 ]
 

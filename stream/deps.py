@@ -16,6 +16,8 @@ DISTRIBUTIONS = {
     "cv2": "opencv-python-headless",
     "zmq": "pyzmq",
     "skimage": "scikit-image",
+    "prometheus_client": "prometheus-client",
+    "paho": "paho-mqtt",
 }
 
 

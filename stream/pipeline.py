@@ -35,7 +35,9 @@ from stream.capture import CaptureConfig, CaptureStage, SourceSpec, parse_source
 from stream.errors import UserError
 from stream.infer import InferConfig, InferStage
 from stream.live import LiveOptions
+from stream.metrics import ExtraMetrics, MetricsServer, parse_address
 from stream.model import PERFORMANCE_HINTS, load_info
+from stream.mqtt import parse_mqtt_url
 from stream.preprocess import PreprocessConfig, PreprocessStage
 from stream.publish import DEFAULT_PUBLISH, PublishConfig, PublishStage
 from stream.supervisor import Supervisor
@@ -101,6 +103,14 @@ class PipelineConfig:
     """At most this many files are decoded at once, by a pool of capture workers that each take
     the next file when they finish one; 0 = the number of CPU cores. Live sources each have a
     capture process of their own on top."""
+    mqtt: str | None = None
+    """Also publish results and status events to an MQTT broker:
+    `mqtt://[user:pass@]HOST[:PORT]/PREFIX` (see stream/mqtt.py for the topics); None = off."""
+    mqtt_qos: int = 0
+    """QoS of the MQTT messages: 0 (at most once, the default) or 1 (at least once)."""
+    metrics: str | None = None
+    """Serve `/metrics` (Prometheus) and `/healthz` on `HOST:PORT` (`:PORT` or `PORT`: loopback;
+    port 0: any free one, see `Pipeline.metrics_url`); None = off."""
 
     def __post_init__(self) -> None:
         if self.jobs < 0:
@@ -117,6 +127,12 @@ class PipelineConfig:
             raise UserError(f"topk must be at least 1, got {self.topk}")
         if self.wait_subscribers < 0:
             raise UserError(f"wait_subscribers must be >= 0, got {self.wait_subscribers}")
+        if self.metrics is not None:
+            parse_address(self.metrics)
+        if self.mqtt is not None:
+            parse_mqtt_url(self.mqtt)
+        if self.mqtt_qos not in (0, 1):
+            raise UserError(f"mqtt_qos must be 0 or 1, got {self.mqtt_qos}")
         for spec in self.specs:
             self.capture_config(spec)  # checks fps and threading
 
@@ -202,12 +218,18 @@ class RunSummary:
 class Pipeline:
     """capture (one process per source) -> preprocess -> infer -> publish, supervised."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, extra_metrics: ExtraMetrics | None = None) -> None:
+        """`extra_metrics`: with `config.metrics`, a callable returning more metric families
+        (`prometheus_client.core.*MetricFamily`) for each scrape."""
         self.config = config
+        self.extra_metrics = extra_metrics
         self.summary: RunSummary | None = None
         self.supervisor: Supervisor | None = None
+        self.metrics: MetricsServer | None = None
         self._run_dir: Path | None = None
         self._t0 = 0.0
+        self.started_at = 0.0
+        """`time.monotonic()` when the stages were started; 0 before."""
         self._old_handlers: dict[int, Any] = {}
         self._specs = {spec.stream_id: spec for spec in config.specs}
 
@@ -218,6 +240,8 @@ class Pipeline:
         cfg = self.config
         info = load_info(cfg.model)  # fail fast on a folder that is not a model
         model_dir = str(info.path)
+        if cfg.metrics is not None and self.metrics is None:
+            self.metrics = MetricsServer(self, cfg.metrics, self.extra_metrics)  # port in use: now
         self._run_dir = Path(tempfile.mkdtemp(prefix="ovstream-"))
         endpoints = resolve_endpoints(cfg.transport, self._run_dir)
         endpoints["status"] = status_endpoint(endpoints, cfg.transport)
@@ -233,6 +257,8 @@ class Pipeline:
                     sink=collect,
                     wait_subscribers=cfg.wait_subscribers,
                     subscriber_timeout_s=cfg.subscriber_timeout_s,
+                    mqtt=cfg.mqtt,
+                    mqtt_qos=cfg.mqtt_qos,
                 ),
                 cfg.transport,
                 endpoints,
@@ -270,7 +296,7 @@ class Pipeline:
             files=queue if pool else [],
             downstream=downstream,
         )
-        self._t0 = time.monotonic()
+        self._t0 = self.started_at = time.monotonic()
         self.supervisor.start()
 
     @property
@@ -283,17 +309,26 @@ class Pipeline:
         """Process id of each stage, by stage name (`capture[ID]`, preprocess, infer, publish)."""
         return self.supervisor.pids if self.supervisor else {}
 
+    @property
+    def metrics_url(self) -> str | None:
+        """`http://HOST:PORT` of `/metrics` and `/healthz` once started with `config.metrics`."""
+        return self.metrics.url if self.metrics is not None else None
+
     def stop(self) -> None:
         """Graceful stop: captures stop reading, everything in flight is still published."""
         if self.supervisor is not None:
             self.supervisor.request_stop()
 
     def close(self) -> None:
-        """Stop any stage still running and remove the run's temporary folder."""
+        """Stop any stage still running, the metrics server, and remove the run's temporary
+        folder."""
         if self.supervisor is not None:
             self.supervisor.close()
             if self.summary is None:
                 self.summary = self._summarise()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
@@ -439,19 +474,49 @@ class Pipeline:
             "waiting_subscribers": publish.get("waiting_subscribers"),
         }
 
+    def stream_counters(self) -> dict[str, dict[str, Any]]:
+        """Per stream, its counters now, as the summary and `/metrics` read them: its end report
+        once publish has seen its end; else its capture's counters (a pool worker's, kept by the
+        supervisor, once the worker moved on) with publish's `published` and `latency`; for a
+        stream not started, none. `ended` says which; `error` is set if the source failed."""
+        sup = self.supervisor
+        if sup is None:
+            return {}
+        publish = sup.stats("publish")
+        published = publish.get("published") or {}
+        latency = publish.get("latency") or {}
+        reading = {}
+        for state in sup.capture_states():
+            stats = dict(state.stats)
+            if "stream" in stats:
+                reading[stats["stream"]] = stats
+        reports, ends = dict(sup.stream_reports), dict(sup.capture_ends)
+        errors = dict(sup.source_errors)
+        out = {}
+        for spec in self.config.specs:
+            sid = spec.stream_id
+            if sid in reports:
+                counters = {**reports[sid], "ended": True}
+            else:
+                counters = dict(ends.get(sid) or reading.get(sid) or {})
+                counters.update(
+                    ended=False, published=int(published.get(sid, 0)), latency=latency.get(sid)
+                )
+            counters["live"] = spec.is_live
+            if sid in errors:
+                counters["error"] = errors[sid]
+            out[sid] = counters
+        return out
+
     def _summarise(self) -> RunSummary:
         sup = self.supervisor
         assert sup is not None
-        published = sup.stats("publish").get("published", {})
+        counters = self.stream_counters()
         reports = []
         for spec in self.config.specs:
-            report = sup.stream_reports.get(spec.stream_id)
-            if report is None:  # the run ended before this stream did: what capture said
-                report = dict(sup.stats(f"capture[{spec.stream_id}]"))
-                report["published"] = int(published.get(spec.stream_id, 0))
+            report = counters[spec.stream_id]
+            if not report["ended"]:  # the run ended before this stream did
                 report.setdefault("stopped", sup.interrupted)
-            if spec.stream_id in sup.source_errors:
-                report["error"] = sup.source_errors[spec.stream_id]
             reports.append(source_report(spec, report))
         return RunSummary(
             sources=reports,

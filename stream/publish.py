@@ -15,6 +15,7 @@ the sink for the Python API; they are not written to the JSON Lines file, which 
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ import zmq
 from stream import messages
 from stream.errors import UserError
 from stream.model import load_info, topk
+from stream.mqtt import MqttPublisher, parse_mqtt_url
 from stream.results_file import output_problem
 from stream.stage import Stage, StreamTracker
 from stream.transport import TransportConfig, open_socket, receive_message, send
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 PUB_HWM = 10000
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds of the capture->publish latency histogram (Prometheus' defaults); +Inf last."""
 
 
 @dataclass
@@ -58,13 +62,36 @@ class PublishConfig:
     """Hold results until this many subscriptions arrived on the PUB socket."""
     subscriber_timeout_s: float = 30.0
     """Give up waiting for subscribers after this long (with a warning)."""
+    mqtt: str | None = None
+    """`mqtt://[user:pass@]HOST[:PORT]/PREFIX` to publish results and status events to."""
+    mqtt_qos: int = 0
+    """QoS of those MQTT messages: 0 (at most once) or 1 (at least once)."""
 
     def __post_init__(self) -> None:
         if self.topk < 1:
             raise UserError(f"--topk must be at least 1, got {self.topk}")
+        if self.mqtt is not None:
+            parse_mqtt_url(self.mqtt)
+        if self.mqtt_qos not in (0, 1):
+            raise UserError(f"MQTT QoS must be 0 or 1, got {self.mqtt_qos}")
         problem = self.output and output_problem(self.output, self.sources.values())
         if problem:
             raise UserError(problem)
+
+
+class LatencyHistogram:
+    """Capture->publish latency of one stream in fixed buckets: plain lists, so it travels in the
+    stage's STATS as JSON. `counts[i]` counts latencies <= LATENCY_BUCKETS_S[i] and above the bound
+    before (the last one, above every bound); the reader accumulates them."""
+
+    @staticmethod
+    def new() -> dict[str, Any]:
+        return {"counts": [0] * (len(LATENCY_BUCKETS_S) + 1), "sum": 0.0}
+
+    @staticmethod
+    def observe(hist: dict[str, Any], seconds: float) -> None:
+        hist["counts"][bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        hist["sum"] += seconds
 
 
 class Reorderer:
@@ -123,6 +150,7 @@ class PublishStage(Stage):
         self._sink: zmq.Socket | None = None
         self._status: zmq.Socket | None = None
         self._file: IO[str] | None = None
+        self._mqtt: MqttPublisher | None = None
 
     def run(self) -> None:
         cfg = self.config
@@ -145,17 +173,30 @@ class PublishStage(Stage):
             self._sink = self.socket(zmq.PUSH, "sink", bind=False)
         if "status" in self.endpoints:
             self._status = self.socket(zmq.PULL, "status", bind=True, hwm=1000, linger_ms=0)
+        if cfg.mqtt:
+            self._mqtt = MqttPublisher(parse_mqtt_url(cfg.mqtt), cfg.mqtt_qos)
+            self._mqtt.start()  # before READY: a broker that is up gets the first result
+            self.stats.update(self._mqtt.stats())
         self.report(messages.READY)
         self._wait_for_subscribers()
 
         tracker = StreamTracker(list(cfg.sources), ordered=False)
         orders = {s: Reorderer() for s in cfg.sources}
         published = {s: 0 for s in cfg.sources}  # streams that have not ended yet
+        latency = {s: LatencyHistogram.new() for s in cfg.sources}  # the same streams
         self.stats.update(
-            published=published, results=0, lost=0, pub_dropped=0, subscriptions=0, status=0
+            published=published,
+            latency=latency,
+            results=0,
+            lost=0,
+            pub_dropped=0,
+            subscriptions=0,
+            status=0,
         )
         timeout = self.transport.io_timeout_ms
         while not tracker.done and not self.should_stop():
+            if self._mqtt is not None:
+                self.stats.update(self._mqtt.stats())
             self.tick()
             self._drain_subscriptions()
             self._forward_status()
@@ -181,17 +222,23 @@ class PublishStage(Stage):
                 if not self._emit(record):
                     return
                 published[msg.stream] += 1
+                LatencyHistogram.observe(
+                    latency[msg.stream], record["publish_ts"] - record["capture_ts"]
+                )
                 self.stats["results"] += 1
             if msg.kind == messages.EOS:
-                self._end_stream(msg, published.pop(msg.stream))
+                self._end_stream(msg, published.pop(msg.stream), latency.pop(msg.stream))
         self._forward_status()
+        if self._mqtt is not None:
+            self._mqtt.flush()  # bounded; what is left is counted as dropped
+            self.stats.update(self._mqtt.stats())
         self.complete = tracker.done
         self.tick(force=True)
 
-    def _end_stream(self, msg: messages.Message, count: int) -> None:
+    def _end_stream(self, msg: messages.Message, count: int, latency: dict[str, Any]) -> None:
         """After a stream's last result: tell the supervisor (and the sink) it is complete."""
         self._forward_status()  # its end_of_stream event, sent by capture before the EOS
-        self.eos_seen(msg, published=count)
+        self.eos_seen(msg, published=count, latency=latency)
         if self._sink is not None:
             report = {**msg.meta, "stream_id": msg.stream, "published": count}
             parts = [b"", messages.SINK_END, json.dumps(report).encode()]
@@ -220,6 +267,8 @@ class PublishStage(Stage):
                     self._pub.send_multipart([topic, data], flags=zmq.NOBLOCK)
                 except zmq.Again:
                     self.stats["pub_dropped"] += 1
+            if self._mqtt is not None:
+                self._mqtt.publish_status(msg.stream, data)
             if self._sink is not None:
                 send(self._sink, [topic, data], self.should_stop)
 
@@ -233,6 +282,8 @@ class PublishStage(Stage):
                 self.stats["pub_dropped"] += 1
         if self._file is not None:
             self._file.write(data.decode() + "\n")
+        if self._mqtt is not None:
+            self._mqtt.publish_result(record["stream_id"], data)
         if self._sink is not None:
             return send(self._sink, [topic, data], self.should_stop)
         return True
@@ -275,6 +326,9 @@ class PublishStage(Stage):
         self.stats["waiting_subscribers"] = 0
 
     def close(self) -> None:
+        if self._mqtt is not None:
+            self._mqtt.close()
+            self._mqtt = None
         if self._file is not None:
             self._file.close()
             self._file = None

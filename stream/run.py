@@ -19,6 +19,7 @@ from typing import TextIO
 
 from stream.errors import UserError
 from stream.live import LiveOptions
+from stream.mqtt import parse_mqtt_url
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, RunSummary
 from stream.publish import DEFAULT_PUBLISH
 from stream.sources_file import ConfigError, load_sources_file
@@ -117,6 +118,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ipc",
         help="links between stages: ipc sockets in a temp dir (default) or tcp",
     )
+    parser.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="also publish results to an MQTT broker: mqtt://[user:pass@]HOST[:PORT]/PREFIX "
+        "(topics PREFIX/<stream>/result, PREFIX/<stream>/status, PREFIX/availability)",
+    )
+    parser.add_argument(
+        "--mqtt-qos",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="QoS of the MQTT messages (default 0)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz here (:PORT or PORT: 127.0.0.1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     parser.add_argument(
         "--print",
@@ -187,30 +206,60 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         transport=TransportConfig(scheme=args.transport),
         mode=args.mode,
         live=live,
+        metrics=args.metrics,
+        mqtt=args.mqtt,
+        mqtt_qos=args.mqtt_qos,
     )
 
 
-class Progress:
-    """A live line on a terminal; on a pipe, a plain line every few seconds."""
+class StatusLine:
+    """One status line on stderr: rewritten in place on a terminal (at most every 0.5 s), a plain
+    line every `every_s` seconds on a pipe or in a log."""
 
-    def __init__(self, out: TextIO, enabled: bool) -> None:
+    def __init__(self, out: TextIO, enabled: bool, every_s: float = 5.0) -> None:
         self.out = out
         self.enabled = enabled
         self.tty = out.isatty()
-        self.last_line = -1e9
-        self.prev: dict[str, tuple[float, int]] = {}
+        self.every_s = every_s
+        self.last = -1e9
         self.width = 0
+
+    def due(self, now: float) -> bool:
+        """Whether a line may be shown at `now` (seconds); if so, the clock starts again."""
+        if not self.enabled or now - self.last < (0.5 if self.tty else self.every_s):
+            return False
+        self.last = now
+        return True
+
+    def show(self, line: str) -> None:
+        if self.tty:
+            self.out.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self.tty and self.width:
+            self.out.write("\r" + " " * self.width + "\r")
+            self.out.flush()
+            self.width = 0
+
+
+class Progress(StatusLine):
+    """Results and FPS per source, sources done, requests in flight."""
+
+    def __init__(self, out: TextIO, enabled: bool) -> None:
+        super().__init__(out, enabled)
+        self.prev: dict[str, tuple[float, int]] = {}
 
     def __call__(self, pipeline: Pipeline) -> None:
         if not self.enabled:
             return
         snap = pipeline.snapshot()
-        if not snap:
+        if not snap or not self.due(snap["elapsed_s"]):
             return
         now = snap["elapsed_s"]
-        if not self.tty and now - self.last_line < 5.0:
-            return
-        self.last_line = now
         parts = []
         for sid, counts in snap["streams"].items():
             t0, n0 = self.prev.get(sid, (0.0, 0))
@@ -227,18 +276,7 @@ class Progress:
             parts.insert(0, f"{snap['ended']}/{snap['total']} sources done")
         if snap.get("waiting_subscribers"):
             parts.insert(0, f"waiting for {snap['waiting_subscribers']} subscriber(s)")
-        line = f"[{now:6.1f}s] " + " | ".join(parts) + f" | in flight {snap['in_flight']}"
-        if self.tty:
-            self.out.write("\r" + line.ljust(self.width))
-            self.width = len(line)
-        else:
-            self.out.write(line + "\n")
-        self.out.flush()
-
-    def clear(self) -> None:
-        if self.enabled and self.tty and self.width:
-            self.out.write("\r" + " " * self.width + "\r")
-            self.out.flush()
+        self.show(f"[{now:6.1f}s] " + " | ".join(parts) + f" | in flight {snap['in_flight']}")
 
 
 def result_line(record: dict) -> str:
@@ -292,6 +330,21 @@ def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
             f"for the PUB socket's high-water mark",
             file=out,
         )
+    publish = summary.stages.get("publish", {})
+    if pipeline.config.mqtt:
+        target = parse_mqtt_url(pipeline.config.mqtt).masked
+        dropped = int(publish.get("mqtt_dropped", 0))
+        print(
+            f"{PROG}: mqtt {target}: {int(publish.get('mqtt_published', 0))} message(s) sent, "
+            f"{dropped} result(s) dropped (mqtt_dropped)",
+            file=out,
+        )
+        if dropped:
+            print(
+                f"{PROG}: warning: {dropped} result(s) not sent to the MQTT broker "
+                "(not connected, or too slow)",
+                file=out,
+            )
     if summary.interrupted and not summary.failure:
         print(f"{PROG}: interrupted: stopped reading, published everything in flight", file=out)
 

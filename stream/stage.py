@@ -194,9 +194,10 @@ class Stage:
             else:
                 self.reject(f"command link: unknown command {what!r}")
 
-    def next_assignment(self) -> dict[str, Any] | None:
-        """Ask the supervisor for the next source (capture workers); None if stopped first."""
-        self.command("next")
+    def next_assignment(self, **meta: Any) -> dict[str, Any] | None:
+        """Ask the supervisor for the next source (capture workers); None if stopped first.
+        `meta` goes with the request (a worker's counters of the stream it just finished)."""
+        self.command("next", **meta)
         while not self._assignments:
             if self.aborted:
                 return None
@@ -282,7 +283,8 @@ class Stage:
             self.poll_commands()
         if force or now - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = now
-            self.report(messages.STATS, wait=False, final=False, stats=self.stats)
+            stats = {**self.stats, **self.resource_stats()}  # getrusage: ~1 us every 0.5 s
+            self.report(messages.STATS, wait=False, final=False, stats=stats)
 
     def finish(self) -> None:
         self.report(

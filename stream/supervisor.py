@@ -179,6 +179,9 @@ class Supervisor:
         self.stream_reports: dict[str, dict[str, Any]] = {}
         """Per stream, once its end of stream reached publish: the capture's end-of-stream
         counters (decoded, skipped, error...) and `published`."""
+        self.capture_ends: dict[str, dict[str, Any]] = {}
+        """Per stream a pool worker has finished, its capture counters (sent with the worker's
+        next request): what the stream's counters are until publish reports its end."""
         self.ended: list[tuple[str, dict[str, Any]]] = []
         """Streams whose end arrived on the sink after their last result (collect=True only),
         not yet taken by the caller."""
@@ -368,6 +371,8 @@ class Supervisor:
                     eos = msg.meta.get("eos")
                     report = dict(eos) if isinstance(eos, dict) else {}
                     report["published"] = int(msg.meta.get("published") or 0)
+                    report["latency"] = msg.meta.get("latency")
+                    self.capture_ends.pop(msg.stream, None)
                     self.stream_reports[msg.stream] = report
             elif msg.kind == messages.ERROR:
                 text = str(msg.meta.get("message"))
@@ -403,6 +408,9 @@ class Supervisor:
             if what == "hello":
                 self._routes.add(name)
             elif what == "next" and state.is_capture:
+                ended = msg.meta.get("ended")
+                if isinstance(ended, dict) and isinstance(ended.get("stream"), str):
+                    self.capture_ends[ended["stream"]] = ended
                 self._routes.add(name)
                 self._waiting_workers.append(name)
             else:

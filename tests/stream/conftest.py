@@ -98,5 +98,6 @@ def model(lite0_model) -> Path:
     return lite0_model / "fp32"
 
 
-# The real RTSP server, for test_live.py.
+# The real Mosquitto broker (test_mqtt.py) and RTSP server (test_live.py).
+from tests.mqtt.fixtures import mosquitto  # noqa: E402, F401
 from tests.rtsp.fixtures import rtsp_server  # noqa: E402, F401

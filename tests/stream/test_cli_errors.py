@@ -38,7 +38,7 @@ USAGE_ERRORS = [
     (
         ["launch"],
         "ovstream: error: argument COMMAND: invalid choice: 'launch' "
-        "(choose from 'classify', 'run', 'subscribe') (see ovstream --help)",
+        "(choose from 'classify', 'run', 'batch', 'subscribe') (see ovstream --help)",
     ),
 ]
 
