@@ -1,10 +1,13 @@
 """Step 6: the side-by-side speed table for one model on this machine, every row in one run.
 
 Rows: PyTorch eager FP32 (torch threads = cores; batch 1), OpenVINO FP32, FP16 and INT8 (those
-present). Latency: LATENCY hint, one request, batch 1, median and p90. Throughput: THROUGHPUT
-hint, `AsyncInferQueue` with the device's OPTIMAL_NUMBER_OF_INFER_REQUESTS. PyTorch's throughput
-is its batch-1 loop's frames per second. Inputs are u8 frames; the IR converts and normalises
-them itself, and the PyTorch row pays the same conversion (`sources.torch_input`) every frame.
+present). Latency: LATENCY hint, one request, batch 1, median and p90. Throughput: pure
+inference measured as `benchmark_app` measures it (`model_prep.ceiling.pure_throughput`: THROUGHPUT
+hint, OPTIMAL_NUMBER_OF_INFER_REQUESTS requests with inputs filled once), and `benchmark_app`
+itself on the same IR next to it, with the ratio; a row outside ±5 % gets a warning line.
+PyTorch's throughput is its batch-1 loop's frames per second. Inputs are u8 frames; the IR
+converts and normalises them itself, and the PyTorch row pays the same conversion
+(`sources.torch_input`) every frame.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from model_prep import precisions
+from model_prep import ceiling, precisions
 from stream.errors import UserError, first_line
 from stream.model import ModelInfo
 
@@ -38,6 +41,8 @@ class BenchOptions:
     """OpenVINO device."""
     inference_precision: str | None = None
     """INFERENCE_PRECISION_HINT for every OpenVINO row (f32, bf16, f16); None = the device's."""
+    benchmark_app: bool = True
+    """Also run OpenVINO's benchmark_app on every OpenVINO row's IR, for the same duration."""
 
     def __post_init__(self) -> None:
         if not self.duration > 0:
@@ -65,6 +70,16 @@ class Row:
     """Throughput relative to PyTorch eager."""
     speedup_vs_fp32: float | None = None
     """Throughput relative to OpenVINO FP32."""
+    benchmark_app_fps: float | None = None
+    """benchmark_app's throughput on the same IR and precision, in the same run."""
+    vs_benchmark_app: float | None = None
+    """throughput_fps / benchmark_app_fps: within 0.95-1.05 or the run warns."""
+    benchmark_app_problem: str | None = None
+    """Why there is no benchmark_app figure, when there is none."""
+    benchmark_app_warning: str | None = None
+    """The warning line when throughput and benchmark_app differ by more than 5 %."""
+    throughput_runs_fps: list[float] | None = None
+    """Our throughput runs (before and after benchmark_app); throughput_fps is their mean."""
 
 
 def ir_size_mb(info: ModelInfo) -> float:
@@ -89,11 +104,16 @@ def timed_loop(step: Callable[[], Any], duration: float) -> tuple[list[float], f
 
 
 def _compile(core: Any, info: ModelInfo, opts: BenchOptions, hint: str, f32: bool) -> Any:
+    """Compile with batch 1 made static, as the runtime (`stream.model.compile_model`) and
+    benchmark_app's `-shape [1,H,W,3]` do: a dynamic batch runs slower on CPU."""
     config = {"PERFORMANCE_HINT": hint}
     if f32 or opts.inference_precision:
         config["INFERENCE_PRECISION_HINT"] = "f32" if f32 else opts.inference_precision
     try:
-        return core.compile_model(str(info.xml), opts.device, config)
+        model = core.read_model(str(info.xml))
+        if model.inputs[0].get_partial_shape().is_dynamic:
+            model.reshape([1, info.geometry.height, info.geometry.width, 3])
+        return core.compile_model(model, opts.device, config)
     except RuntimeError as exc:
         raise UserError(f"cannot compile {info.xml} for {opts.device}: {first_line(exc)}") from None
 
@@ -118,29 +138,17 @@ def runs_as(compiled: Any) -> str:
 
 def ov_throughput(
     core: Any, info: ModelInfo, frame: np.ndarray, opts: BenchOptions, f32: bool = False
-) -> tuple[float, int]:
-    """(frames per second, requests) with the THROUGHPUT hint and an AsyncInferQueue."""
-    import openvino as ov
-
+) -> ceiling.Ceiling:
+    """Pure inference as benchmark_app measures it, and benchmark_app itself unless disabled."""
     compiled = _compile(core, info, opts, "THROUGHPUT", f32)
-    nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    queue = ov.AsyncInferQueue(compiled, nireq)
-    done = [0]
-    queue.set_callback(lambda request, userdata: done.__setitem__(0, done[0] + 1))
-    tensor = _tensor(frame)
-    for _ in range(nireq):  # warm-up: every request once
-        queue.start_async({0: tensor})
-    queue.wait_all()
-    done[0] = 0
-    start = time.perf_counter()
-    end = start + opts.duration
-    submitted = 0
-    while time.perf_counter() < end:
-        queue.start_async({0: tensor})  # blocks while all requests are busy
-        submitted += 1
-    queue.wait_all()
-    elapsed = time.perf_counter() - start
-    return done[0] / elapsed, nireq
+    return ceiling.honest_ceiling(
+        compiled,
+        frame,
+        opts.duration,
+        info.xml if opts.benchmark_app else None,
+        opts.device,
+        "f32" if f32 else opts.inference_precision,
+    )
 
 
 def _tensor(frame: np.ndarray) -> Any:
@@ -178,9 +186,16 @@ def ov_row(
     core: Any, variant: str, info: ModelInfo, frame: np.ndarray, opts: BenchOptions, f32: bool
 ) -> Row:
     times, precision = ov_latency(core, info, frame, opts, f32)
-    fps, nireq = ov_throughput(core, info, frame, opts, f32)
+    pure = ov_throughput(core, info, frame, opts, f32)
     median, p90 = float(np.median(times)), float(np.percentile(times, 90))
-    return Row(variant, median, p90, fps, nireq, ir_size_mb(info), precision)
+    row = Row(variant, median, p90, pure.fps, pure.requests, ir_size_mb(info), precision)
+    row.throughput_runs_fps = pure.runs_fps
+    if pure.app is not None:
+        row.benchmark_app_fps = pure.app.fps
+        row.vs_benchmark_app = pure.vs_app
+        row.benchmark_app_problem = pure.app.problem
+        row.benchmark_app_warning = pure.warning(variant)
+    return row
 
 
 def bench_folder(folder: Path, opts: BenchOptions) -> dict[str, Any]:
@@ -214,6 +229,7 @@ def bench_folder(folder: Path, opts: BenchOptions) -> dict[str, Any]:
         "folder": str(folder),
         "device": opts.device,
         "duration_s": opts.duration,
+        "benchmark_app": opts.benchmark_app,
         "cpu": core.get_property(opts.device, "FULL_DEVICE_NAME"),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
@@ -234,23 +250,34 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['duration_s']:g} s per measurement, OpenVINO {result['openvino']}",
         "",
         "| variant | runs as | latency median (ms) | latency p90 (ms) | throughput (FPS) | "
-        "requests | size (MB) | speed-up vs PyTorch | vs FP32 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "benchmark_app (FPS) | ratio | requests | size (MB) | speed-up vs PyTorch | vs FP32 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    warnings = []
     for r in result["rows"]:
+        app, vs = r.get("benchmark_app_fps"), r.get("vs_benchmark_app")
         lines.append(
             f"| {r['variant']} | {r['runs_as']} | {r['latency_median_ms']:.1f} | "
-            f"{r['latency_p90_ms']:.1f} | "
-            f"{r['throughput_fps']:.1f} | {r['requests']} | {r['size_mb']:.1f} | "
+            f"{r['latency_p90_ms']:.1f} | {r['throughput_fps']:.1f} | "
+            f"{'–' if app is None else f'{app:.1f}'} | {'–' if vs is None else f'{vs:.3f}'} | "
+            f"{r['requests']} | {r['size_mb']:.1f} | "
             f"{_x(r['speedup_vs_pytorch'])} | {_x(r['speedup_vs_fp32'])} |"
         )
+        if r.get("benchmark_app_warning"):
+            warnings.append(r["benchmark_app_warning"])
     load = result["load_average_1min"]
     lines += [
         "",
         "Speed-ups are throughput ratios; 'vs FP32' is against the OpenVINO FP32 row as the "
-        "device runs it by default. 1-minute load average before/after: "
-        f"{load['before']:.2f}/{load['after']:.2f} on {result['cores']} cores.",
+        "device runs it by default. Throughput is pure inference measured as benchmark_app "
+        "measures it (the mean of a run before and one after benchmark_app); 'benchmark_app' is "
+        "OpenVINO's own tool on the same IR for as long, and 'ratio' ours / its (they must "
+        "agree within 5 %). 1-minute load "
+        f"average before/after: {load['before']:.2f}/{load['after']:.2f} on "
+        f"{result['cores']} cores.",
     ]
+    if warnings:
+        lines += ["", *warnings]
     if not result["pytorch"]["available"]:
         lines += ["", f"PyTorch row left out: {result['pytorch']['reason']}"]
     return "\n".join(lines) + "\n"
@@ -283,10 +310,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("f32", "bf16", "f16"),
         help="precision for the float parts of every OpenVINO row (default: the device's choice)",
     )
+    parser.add_argument(
+        "--no-benchmark-app",
+        dest="benchmark_app",
+        action="store_false",
+        help="do not run OpenVINO's benchmark_app next to each OpenVINO row",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = BenchOptions(args.duration, args.device, args.inference_precision)
+    opts = BenchOptions(args.duration, args.device, args.inference_precision, args.benchmark_app)
     if args.json and args.json.is_dir():
         raise UserError(f"--json must be a file path, not a folder: {args.json}")
     result = bench_folder(args.folder, opts)

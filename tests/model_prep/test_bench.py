@@ -30,6 +30,17 @@ def test_bench_reports_every_row(lite0_int8, tmp_path):
         assert row["throughput_fps"] > 0 and row["requests"] >= 1 and row["size_mb"] > 0
         assert row["speedup_vs_pytorch"] > 0
         assert f"| {row['variant']} |" in proc.stdout
+    for name, row in rows.items():  # benchmark_app ran on every OpenVINO row's IR
+        if name.startswith("OpenVINO"):
+            assert row["benchmark_app_fps"] > 0, row["benchmark_app_problem"]
+            assert row["vs_benchmark_app"] == pytest.approx(
+                row["throughput_fps"] / row["benchmark_app_fps"]
+            )
+            assert row["throughput_fps"] == pytest.approx(sum(row["throughput_runs_fps"]) / 2)
+            off = abs(row["vs_benchmark_app"] - 1) > 0.05
+            assert (row["benchmark_app_warning"] is not None) == off
+            assert off == (f"WARNING: {name} " in proc.stdout)
+    assert rows["PyTorch eager FP32"]["benchmark_app_fps"] is None
     assert rows["PyTorch eager FP32"]["speedup_vs_pytorch"] == 1.0
     assert rows["OpenVINO FP32"]["speedup_vs_fp32"] == 1.0
     assert rows["OpenVINO INT8"]["size_mb"] <= 0.3 * rows["OpenVINO FP32"]["size_mb"]
@@ -46,12 +57,14 @@ def test_inference_precision_applies_to_every_openvino_row(lite0_int8, tmp_path)
     out = tmp_path / "bench.json"
     proc = run_cli(
         "model-prep", "bench", str(lite0_int8[0]), "--duration", "0.2",
-        "--inference-precision", "f32", "--json", str(out),
+        "--inference-precision", "f32", "--no-benchmark-app", "--json", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = {r["variant"]: r for r in read_json(out)["rows"]}
     assert "OpenVINO FP32, f32 forced" not in rows  # FP32 already runs as f32
     assert {r["runs_as"] for r in rows.values()} == {"f32"}
+    assert all(r["benchmark_app_fps"] is None for r in rows.values())  # --no-benchmark-app
+    assert all(len(r["throughput_runs_fps"] or [1]) == 1 for r in rows.values())
 
 
 def test_unknown_inference_precision_is_rejected():

@@ -1,0 +1,485 @@
+#!/usr/bin/env python3
+"""Stage capacity: how many frames per second one process of each stage passes on one core.
+
+    .venv/bin/python benchmarks/stage_capacity.py --frames 10000
+
+Each stage runs alone, as the supervisor runs it (`stream.stage.stage_main` in a spawned process,
+the stage classes of `stream/` unchanged), pinned to one core, on real ZeroMQ ipc sockets. This
+driver, pinned to the other cores, plays the rest of the pipeline: it binds the control link (PULL)
+and the command link (ROUTER, to `release` the stage at the end), feeds pre-encoded synthetic
+messages as fast as the stage takes them and counts what comes out.
+
+- preprocess: FRAME messages as capture sends them (224x224 u8, `prepared`) -> TENSORs;
+- infer: TENSORs -> LOGITS through a trivial IR built here (u8 [?,224,224,3] -> [?,1000] f32 from
+  one pixel), so the figure is the stage's own cost, not a network's; OpenVINO's CPU for that IR
+  alone (pure inference, benchmark_app's way) is measured too and shown subtracted;
+- publish: LOGITS ([1000] f32) -> result records on its PUB socket (no subscriber) and the sink;
+- capture (send path): what capture does per frame after decoding and the one resize to the
+  model input: `CaptureStage._send_frame` (stamp, encode, send) and its per-frame bookkeeping, on
+  one 224x224 frame, in a pinned process; decoding and the resize are left out (they are measured
+  by pipeline_bench, and are not the stage's overhead).
+
+Per stage: frames/s measured in the steady state (from 10 % of the frames to the last) and CPU ms
+per frame of the stage's process over the same window; capacity = 1000 / CPU ms is what one core
+fully busy with the stage would pass. The issue's target: every stage >= 10,000 frames/s on one
+core, and the per-frame CPU of all stages together (beyond decoding, the resize and OpenVINO)
+<= 0.3 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model_prep.ceiling import pure_throughput  # noqa: E402
+from stream import messages  # noqa: E402
+from stream.capture import CaptureConfig, CaptureStage, SourceSpec  # noqa: E402
+from stream.geometry import Geometry  # noqa: E402
+from stream.infer import InferConfig, InferStage  # noqa: E402
+from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
+from stream.preprocess import PreprocessConfig, PreprocessStage  # noqa: E402
+from stream.publish import PublishConfig, PublishStage  # noqa: E402
+from stream.stage import Stage, stage_main  # noqa: E402
+from stream.transport import LINKS, TransportConfig  # noqa: E402
+
+STAGES = ("capture", "preprocess", "infer", "publish")
+TARGET_FPS = 10_000
+TARGET_OVERHEAD_MS = 0.3
+STREAM = "s"
+CLASSES = 1000
+TIMEOUT_S = 120.0
+
+
+def write_trivial_model(folder: Path, geometry: Geometry | None = None) -> Path:
+    """A model folder whose IR costs next to nothing: u8 [?,H,W,3] -> [?,1000] f32 computed from
+    the first pixel, with a model.json that `stream.model.load_info` accepts."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    geometry = geometry or Geometry()
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = ops.parameter([-1, geometry.height, geometry.width, 3], ov.Type.u8, name="input")
+    start, stop, step = np.array([0, 0, 0]), np.array([1, 1, 3]), np.array([1, 1, 1])
+    pixel = ops.slice(frame, start, stop, step, np.array([1, 2, 3]))
+    flat = ops.reshape(ops.convert(pixel, ov.Type.f32), np.array([-1, 3]), special_zero=False)
+    weights = np.random.default_rng(0).standard_normal((3, CLASSES)).astype(np.float32)
+    logits = ops.matmul(flat, weights, False, False)
+    ov.save_model(ov.Model([logits], [frame], "trivial"), folder / "model.xml")
+    ModelInfo(
+        name="trivial",
+        arch="trivial",
+        precision="FP32",
+        geometry=geometry,
+        labels=[f"class {i}" for i in range(CLASSES)],
+        source={"kind": "built in benchmarks/stage_capacity.py"},
+    ).save(folder)
+    return folder
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+@dataclass
+class Capacity:
+    """What one stage passed on one core."""
+
+    stage: str
+    frames: int
+    """Frames that came out."""
+    fps: float
+    """Frames per second, steady state (from 10 % of the frames to the last)."""
+    cpu_ms: float
+    """CPU ms per frame of the stage's process in the same window."""
+    openvino_ms: float = 0.0
+    """Of cpu_ms, what OpenVINO itself spends on the trivial IR (infer only; measured alone)."""
+
+    @property
+    def own_ms(self) -> float:
+        """The stage's own CPU per frame: cpu_ms less OpenVINO's."""
+        return self.cpu_ms - self.openvino_ms
+
+    @property
+    def capacity(self) -> float:
+        """Frames per second one core fully busy with the stage would pass."""
+        return 1e3 / self.cpu_ms if self.cpu_ms > 0 else float("inf")
+
+
+# -- the processes ----------------------------------------------------------------------------
+
+
+def pinned_stage_main(stage: Stage, cpu: int) -> None:
+    """Process target: pin to one core before anything (OpenVINO's threads) starts, then run the
+    stage exactly as the supervisor does."""
+    os.sched_setaffinity(0, {cpu})
+    stage_main(stage, None, logging.WARNING)
+
+
+def capture_send_loop(
+    endpoints: dict[str, str], frames: int, cpu: int, results: Any, geometry: Geometry
+) -> None:
+    """Process target: capture's per-frame work after decoding and resizing, on one core."""
+    os.sched_setaffinity(0, {cpu})
+    stage = CaptureStage(
+        CaptureConfig(SourceSpec(STREAM, "synthetic.mp4", live=False), geometry),
+        TransportConfig(),
+        endpoints,
+    )
+    try:
+        stage._spec = stage.config.source
+        stage._out = stage.socket(zmq.PUSH, "frames", bind=False)
+        image = np.zeros((geometry.height, geometry.width, 3), np.uint8)
+        marks: list[tuple[int, float, float]] = []
+        first = frames // 10
+        for seq in range(frames):
+            if seq == first:
+                marks.append((seq, time.perf_counter(), cpu_seconds()))
+            # _run_file's loop body, less decoding and the resize (stage._scale(frame)):
+            stage.stats["decoded"] = seq + 1
+            stage._send_frame(seq, seq, seq / 25.0, image)
+            stage._sent = seq + 1
+            stage.stats["frames"] = stage._sent
+            stage.tick()
+        marks.append((frames, time.perf_counter(), cpu_seconds()))
+        stage._send_eos(frames, {"count": frames})
+        results.put(marks)
+    finally:
+        stage.shutdown()
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+class Driver:
+    """The rest of the pipeline around one stage: control and command links, feed and sink."""
+
+    def __init__(self, endpoints: dict[str, str]) -> None:
+        self.endpoints = endpoints
+        self.ctx = zmq.Context()
+        self.control = self._socket(zmq.PULL, "control", bind=True)
+        self.commands = self._socket(zmq.ROUTER, "command", bind=True)
+
+    def _socket(self, kind: int, link: str, bind: bool, hwm: int = 0) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if hwm:
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.RCVHWM, hwm)
+        (sock.bind if bind else sock.connect)(self.endpoints[link])
+        return sock
+
+    def control_message(self, timeout_s: float = TIMEOUT_S) -> messages.Message:
+        if not self.control.poll(int(timeout_s * 1000), zmq.POLLIN):
+            raise RuntimeError(f"no report from the stage within {timeout_s:.0f} s")
+        return messages.decode(self.control.recv_multipart(copy=False))
+
+    def wait_ready(self) -> None:
+        msg = self.control_message()
+        if msg.kind != messages.READY:
+            raise RuntimeError(f"stage did not start: {msg.kind} {msg.meta}")
+
+    def finish(self, name: str, proc: Any) -> None:
+        """Wait for the stage's final stats, release it and wait for it to exit 0."""
+        while True:
+            msg = self.control_message()
+            if msg.kind == messages.ERROR:
+                raise RuntimeError(f"{name}: {msg.meta.get('message')}")
+            if msg.kind == messages.STATS and msg.meta.get("final"):
+                break
+        rejected = msg.meta["stats"].get("rejected", 0)
+        if rejected:
+            raise RuntimeError(f"{name} rejected {rejected} synthetic message(s)")
+        release = messages.encode(messages.COMMAND, name, 0, {"command": "release"})[1]
+        self.commands.send_multipart([name.encode(), release])
+        proc.join(30)
+        if proc.exitcode != 0:
+            raise RuntimeError(f"{name} exited with {proc.exitcode}")
+
+    def sink(
+        self, link: str, frames: int, parts_per_frame: int, pid: int | None
+    ) -> tuple[int, list[tuple[int, float, float]]]:
+        """Count the frames coming out on `link` until the end marker; (frames, marks of
+        (count, time, the stage's CPU s) at 10 % of the frames and at the last)."""
+        sock = self._socket(zmq.PULL, link, bind=True, hwm=1000)
+        first = max(1, frames // 10)
+        marks: list[tuple[int, float, float]] = []
+        count = 0
+        try:
+            while True:
+                if not sock.poll(int(TIMEOUT_S * 1000), zmq.POLLIN):
+                    raise RuntimeError(f"nothing on {link} for {TIMEOUT_S:.0f} s ({count} frames)")
+                parts = sock.recv_multipart(copy=False)
+                if len(parts) != parts_per_frame:
+                    break  # the end of stream (or publish's end report on the sink)
+                count += 1
+                if count in (first, frames):
+                    marks.append((count, time.perf_counter(), cpu_seconds(pid) if pid else 0.0))
+        finally:
+            sock.close()
+        return count, marks
+
+    def feed(self, link: str, kind: str, payload: np.ndarray, frames: int) -> threading.Thread:
+        """Push `frames` pre-encoded messages and an end of stream, in a thread (as fast as the
+        stage takes them: the stage's HWM is the backpressure)."""
+        meta = {"frame_index": 0, "pts": 0.0, "capture_ts": time.time(), "prepared": True}
+        encoded = [
+            messages.encode(kind, STREAM, seq, {**meta, "frame_index": seq}, [payload])
+            for seq in range(frames)
+        ]
+        encoded.append(messages.encode(messages.EOS, STREAM, frames, {"count": frames}))
+        sock = self._socket(zmq.PUSH, link, bind=False, hwm=4)
+
+        def run() -> None:
+            for parts in encoded:
+                sock.send_multipart(parts, copy=False)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._feed_socket = sock
+        return thread
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+def rate(stage: str, count: int, marks: list[tuple[int, float, float]]) -> Capacity:
+    (n0, t0, c0), (n1, t1, c1) = marks[0], marks[-1]
+    if n1 <= n0:
+        raise RuntimeError(f"{stage}: too few frames to measure; raise --frames")
+    return Capacity(stage, count, (n1 - n0) / (t1 - t0), (c1 - c0) * 1e3 / (n1 - n0))
+
+
+def measure_stage(
+    name: str, model: Path, frames: int, cpu: int, workdir: Path, geometry: Geometry
+) -> Capacity:
+    """Run one stage alone on core `cpu` and measure it."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    endpoints = {link: f"ipc://{run_dir}/{link}.sock" for link in (*LINKS, "status", "pub")}
+    driver = Driver(endpoints)
+    spawn = mp.get_context("spawn")
+    image = np.zeros((geometry.height, geometry.width, 3), np.uint8)
+    try:
+        if name == "capture":
+            results = spawn.Queue()
+            proc = spawn.Process(
+                target=capture_send_loop, args=(endpoints, frames, cpu, results, geometry)
+            )
+            proc.start()
+            count, _ = driver.sink("frames", frames, 3, None)
+            marks = results.get(timeout=TIMEOUT_S)
+            proc.join(30)
+            if proc.exitcode != 0:
+                raise RuntimeError(f"capture send loop exited with {proc.exitcode}")
+            return rate(name, count, marks)
+        transport = TransportConfig()
+        stage: Stage
+        if name == "preprocess":
+            stage = PreprocessStage(PreprocessConfig([STREAM], geometry), transport, endpoints)
+            links, kind, payload, out_parts = ("frames", "tensors"), messages.FRAME, image, 3
+        elif name == "infer":
+            stage = InferStage(InferConfig(str(model), [STREAM]), transport, endpoints)
+            links, kind, payload, out_parts = ("tensors", "logits"), messages.TENSOR, image, 3
+        elif name == "publish":
+            config = PublishConfig(
+                str(model), {STREAM: "synthetic.mp4"}, publish=endpoints["pub"], sink=True
+            )
+            stage = PublishStage(config, transport, endpoints)
+            logits = np.random.default_rng(0).standard_normal(CLASSES).astype(np.float32)
+            links, kind, payload, out_parts = ("logits", "sink"), messages.LOGITS, logits, 2
+        else:
+            raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
+        proc = spawn.Process(target=pinned_stage_main, args=(stage, cpu))
+        proc.start()
+        try:
+            driver.wait_ready()
+            feeder = driver.feed(links[0], kind, payload, frames)
+            count, marks = driver.sink(links[1], frames, out_parts, proc.pid)
+            feeder.join(TIMEOUT_S)
+            driver.finish(stage.name, proc)
+        finally:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+        return rate(name, count, marks)
+    finally:
+        driver.close()
+
+
+def per_call_us(step: Any, seconds: float = 0.3) -> float:
+    """Microseconds per call of `step`, timed in a loop on this process's core."""
+    for _ in range(100):
+        step()
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(100):
+            step()
+        n += 100
+    return elapsed * 1e6 / n
+
+
+def pieces(model: Path, cpu: int, workdir: Path) -> dict[str, float]:
+    """Where a stage's per-frame CPU goes: the pieces it runs for every frame, timed alone in
+    this process pinned to the stages' core (µs per call; wall time, so only indicative)."""
+    from stream.publish import make_record
+    from stream.stage import StreamTracker
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        info = load_info(model)
+        image = np.zeros((info.geometry.height, info.geometry.width, 3), np.uint8)
+        logits = np.random.default_rng(0).standard_normal(CLASSES).astype(np.float32)
+        meta = {"frame_index": 1, "pts": 0.04, "capture_ts": time.time(), "prepared": True}
+        frame_parts = messages.encode(messages.FRAME, STREAM, 1, meta, [image])
+        frame_bytes = [bytes(p) for p in frame_parts]
+        logits_msg = messages.decode(messages.encode(messages.LOGITS, STREAM, 1, meta, [logits]))
+        tracker = StreamTracker([STREAM], ordered=False)
+        ctx = zmq.Context()
+        try:
+            pull = ctx.socket(zmq.PULL)
+            pull.bind(f"ipc://{workdir}/pieces.sock")
+            push = ctx.socket(zmq.PUSH)
+            push.connect(f"ipc://{workdir}/pieces.sock")
+
+            def hop() -> None:
+                push.send_multipart(frame_parts, copy=False)
+                pull.recv_multipart(copy=False)
+
+            record = make_record(logits_msg, "synthetic.mp4", info.labels, 5, "trivial", "FP32")
+            return {
+                "messages.encode (frame header)": per_call_us(
+                    lambda: messages.encode(messages.FRAME, STREAM, 1, meta, [image])
+                ),
+                "messages.decode (frame)": per_call_us(lambda: messages.decode(frame_bytes)),
+                "StreamTracker.check": per_call_us(lambda: tracker.check(logits_msg)),
+                "one ZeroMQ ipc hop (send + receive, 150 KB, zero-copy)": per_call_us(hop),
+                "publish: make_record (top-5 of 1000, softmax)": per_call_us(
+                    lambda: make_record(
+                        logits_msg, "synthetic.mp4", info.labels, 5, "trivial", "FP32"
+                    )
+                ),
+                "publish: messages.dump_result": per_call_us(lambda: messages.dump_result(record)),
+            }
+        finally:
+            ctx.destroy(linger=0)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def openvino_ms(model: Path, seconds: float) -> float:
+    """CPU ms per inference OpenVINO itself spends on the trivial IR (pure, this core)."""
+    info = load_info(model)
+    compiled = compile_model(info, "CPU", "throughput")
+    frame = np.zeros((info.geometry.height, info.geometry.width, 3), np.uint8)
+    return pure_throughput(compiled, frame, seconds, warmup_s=0.2).cpu_ms_per_frame
+
+
+def table(results: list[Capacity], header: str, parts: dict[str, float] | None = None) -> str:
+    lines = [
+        header,
+        "",
+        f"{'stage':<12} {'frames':>7} {'frames/s':>9} {'CPU ms/frame':>13} {'of it OV':>9}"
+        f" {'own ms':>7} {'capacity/core':>14} {'target':>7}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for r in results:
+        ok = "ok" if r.capacity >= TARGET_FPS else "short"
+        lines.append(
+            f"{r.stage:<12} {r.frames:>7} {r.fps:>9.0f} {r.cpu_ms:>13.3f} {r.openvino_ms:>9.3f}"
+            f" {r.own_ms:>7.3f} {r.capacity:>14.0f} {ok:>7}"
+        )
+    total = sum(r.own_ms for r in results)
+    lines += [
+        "",
+        f"sum of the stages' own CPU per frame: {total:.3f} ms (target <= {TARGET_OVERHEAD_MS} ms;"
+        f" the supervisor's share is not included)",
+        f"frames/s = measured, steady state; capacity/core = 1000 / CPU ms per frame; target ="
+        f" capacity >= {TARGET_FPS:,} frames/s on one core; 'of it OV' = OpenVINO's own CPU for"
+        " the trivial IR, measured alone; own ms = CPU ms/frame less that",
+    ]
+    if parts:
+        lines += ["", "per-frame pieces, each timed alone on the same core (µs per call):"]
+        lines += [f"  {us:8.1f}  {what}" for what, us in parts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=10000, help="frames per stage")
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated, of {','.join(STAGES)}"
+    )
+    parser.add_argument(
+        "--cpu", type=int, default=None, help="core to pin each stage to (default: the last one)"
+    )
+    parser.add_argument("--workdir", default=None, help="folder for sockets and the trivial IR")
+    parser.add_argument("--output", help="also write the table here (e.g. benchmarks/results/...)")
+    parser.add_argument("--json", help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - set(STAGES)
+    if unknown or args.frames < 20:
+        parser.error(f"unknown stage(s) {sorted(unknown)}" if unknown else "--frames >= 20")
+
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1] if args.cpu is None else args.cpu
+    others = set(allowed) - {cpu} or {cpu}
+    os.sched_setaffinity(0, others)  # the driver stays off the stage's core (if there is another)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ovstream-capacity-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    geometry = Geometry()
+    model = write_trivial_model(workdir / "trivial", geometry)
+
+    import openvino as ov
+
+    name = ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
+    header = (
+        f"stage capacity: one process per stage pinned to core {cpu} of {len(allowed)}"
+        f" ({name}), driver on {sorted(others)}; {args.frames} frames per stage; OpenVINO"
+        f" {ov.__version__}; {platform.platform()}; load average {os.getloadavg()[0]:.2f}"
+    )
+    print(header, flush=True)
+    results = []
+    for stage in stages:
+        result = measure_stage(stage, model, args.frames, cpu, workdir, geometry)
+        if stage == "infer":
+            result.openvino_ms = openvino_ms(model, 2.0)
+        results.append(result)
+        print(json.dumps({**asdict(result), "capacity": result.capacity}), flush=True)
+    parts = pieces(model, cpu, workdir)
+    text = table(results, header, parts)
+    print("\n" + text, end="")
+    if args.output:
+        Path(args.output).write_text(text)
+    if args.json:
+        rows = [{**asdict(r), "own_ms": r.own_ms, "capacity": r.capacity} for r in results]
+        data = {"header": header, "rows": rows, "pieces_us": parts}
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

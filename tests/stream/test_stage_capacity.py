@@ -1,0 +1,46 @@
+"""benchmarks/stage_capacity.py on a tiny frame count: every stage runs alone on real sockets,
+passes every frame, is released and exits 0, and the table's arithmetic holds (speed is printed,
+never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream.model import load_info
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_stage_capacity_measures_every_stage(tmp_path):
+    out, table = tmp_path / "capacity.json", tmp_path / "capacity.txt"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks/stage_capacity.py"), "--frames", "200",
+        "--workdir", str(tmp_path), "--json", str(out), "--output", str(table),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    rows = {r["stage"]: r for r in result["rows"]}
+    assert list(rows) == ["capture", "preprocess", "infer", "publish"]
+    for row in rows.values():
+        assert row["frames"] == 200, row
+        assert row["fps"] > 0 and row["cpu_ms"] >= 0
+        assert row["own_ms"] == pytest.approx(row["cpu_ms"] - row["openvino_ms"])
+        if row["cpu_ms"] > 0:
+            assert row["capacity"] == pytest.approx(1e3 / row["cpu_ms"])
+    assert rows["infer"]["openvino_ms"] > 0
+    total = sum(r["own_ms"] for r in rows.values())
+    text = table.read_text()
+    assert f"sum of the stages' own CPU per frame: {total:.3f} ms" in text
+    assert text in proc.stdout
+    assert all(us > 0 for us in result["pieces_us"].values())
+    assert "messages.decode (frame)" in result["pieces_us"]
+    info = load_info(tmp_path / "trivial")  # the trivial IR's folder is a valid model folder
+    assert info.name == "trivial" and len(info.labels) == 1000
