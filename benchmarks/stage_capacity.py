@@ -3,11 +3,11 @@
 
     .venv/bin/python benchmarks/stage_capacity.py --frames 10000
 
-Each stage runs alone, as the supervisor runs it (`stream.stage.stage_main` in a spawned process,
-the stage classes of `stream/` unchanged), pinned to one core, on real ZeroMQ ipc sockets. This
-driver, pinned to the other cores, plays the rest of the pipeline: it binds the control link (PULL)
-and the command link (ROUTER, to `release` the stage at the end), feeds pre-encoded synthetic
-messages as fast as the stage takes them and counts what comes out.
+Each stage runs alone, as the supervisor runs it (`stream.stages.base.stage_main` in a spawned
+process, the stage classes of `stream/` unchanged), pinned to one core, on real ZeroMQ ipc sockets.
+This driver, pinned to the other cores, plays the rest of the pipeline: it binds the control link
+(PULL) and the command link (ROUTER, to `release` the stage at the end), feeds pre-encoded
+synthetic messages as fast as the stage takes them and counts what comes out.
 
 - preprocess: FRAME messages as capture sends them (224x224 u8, `prepared`) -> TENSORs;
 - infer: TENSORs -> LOGITS through a trivial IR built here (u8 [?,224,224,3] -> [?,1000] f32 from
@@ -51,15 +51,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model_prep.ceiling import pure_throughput  # noqa: E402
-from stream import messages  # noqa: E402
-from stream.capture import CaptureConfig, CaptureStage, SourceSpec  # noqa: E402
 from stream.geometry import Geometry  # noqa: E402
-from stream.infer import InferConfig, InferStage  # noqa: E402
 from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
-from stream.preprocess import PreprocessConfig, PreprocessStage  # noqa: E402
-from stream.publish import PublishConfig, PublishStage  # noqa: E402
-from stream.stage import Stage, stage_main  # noqa: E402
-from stream.transport import LINKS, TransportConfig  # noqa: E402
+from stream.sources.spec import SourceSpec  # noqa: E402
+from stream.stages.base import Stage, stage_main  # noqa: E402
+from stream.stages.capture import CaptureConfig, CaptureStage  # noqa: E402
+from stream.stages.infer import InferConfig, InferStage  # noqa: E402
+from stream.stages.preprocess import PreprocessConfig, PreprocessStage  # noqa: E402
+from stream.stages.publish import PublishConfig, PublishStage  # noqa: E402
+from stream.wire import messages  # noqa: E402
+from stream.wire.transport import LINKS, TransportConfig  # noqa: E402
 
 STAGES = ("capture", "preprocess", "infer", "publish")
 TARGET_FPS = 10_000
@@ -343,8 +344,8 @@ def per_call_us(step: Any, seconds: float = 0.3) -> float:
 def pieces(model: Path, cpu: int, workdir: Path) -> dict[str, float]:
     """Where a stage's per-frame CPU goes: the pieces it runs for every frame, timed alone in
     this process pinned to the stages' core (µs per call; wall time, so only indicative)."""
-    from stream.publish import make_record
-    from stream.stage import StreamTracker
+    from stream.stages.base import StreamTracker
+    from stream.stages.publish import make_record
 
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
