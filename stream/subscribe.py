@@ -6,8 +6,10 @@
 Status events (stream/schemas/status.schema.json) are published under `_status/<stream id>`;
 `--status` prints them among the results, `--status-only` prints nothing else.
 
-`--until-eos` exits 0 once every stream seen has ended: its `end_of_stream` event arrived and
-then either all its results (the event's `sent`) or the publisher went away (the run is over).
+`--until-eos` exits 0 when the run is over: the publisher went away after every stream seen had
+its `end_of_stream` event (exit 1 if it went away before). Counting a stream's results against
+the event's `sent` is not enough: a stream whose first message has not arrived yet (its capture
+still starting) would be missed.
 Each line is flushed as it is written, so a pipe (`| jq --unbuffered ...`) loses nothing.
 """
 
@@ -85,7 +87,7 @@ def subscribe(
         poller.register(monitor, zmq.POLLIN)
     try:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not (until_eos and ends.done):
+        while True:  # with until_eos: ends once the publisher is gone and all it sent is read
             wait_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             ready = dict(poller.poll(min(wait_ms, 200)))
             if monitor is not None and monitor in ready:
@@ -137,10 +139,10 @@ def subscribe(
 class EndTracker:
     """Which streams a subscriber has seen, and whether all of them have ended.
 
-    A stream has ended when its `end_of_stream` status event arrived and either its results
-    numbered the event's `sent` (a subscriber that saw the whole run) or the publisher went away
-    (the run is over; what it sent before has been read). The event can arrive before the
-    stream's last results, which take the longer path through the stages.
+    Done once the publisher went away (the run is over; what it sent before has been read) and
+    every stream seen had its `end_of_stream` status event. Results are not counted against the
+    event's `sent`: the event can arrive before the stream's last results, which take the longer
+    path through the stages, and a stream not seen yet would be missed.
     """
 
     def __init__(self) -> None:
@@ -159,11 +161,8 @@ class EndTracker:
 
     @property
     def done(self) -> bool:
-        if not self.results or set(self.results) - set(self.expected):
-            return False
-        return self.publisher_gone or all(
-            n is not None and self.results[s] >= n for s, n in self.expected.items()
-        )
+        seen = set(self.results)
+        return self.publisher_gone and bool(seen) and seen <= set(self.expected)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
