@@ -62,22 +62,26 @@ def copies(clip: Path, folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def run_args(sources: list, model: Path, out: Path, *extra: str) -> list[str]:
+    """`ovstream run` on `sources`, results to `out` only."""
+    return [
+        "run",
+        *map(str, sources),
+        "--model",
+        str(model),
+        "--publish",
+        "none",
+        "--output",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
 def run_to_the_end(files: list[Path], model: Path, out: Path, *extra: str, timeout: float = 240):
     """Run `ovstream run` on `files`; it must end by itself within `timeout` (else: the hang)."""
     proc = subprocess.run(
-        cli_command(
-            "ovstream",
-            "run",
-            *map(str, files),
-            "--model",
-            str(model),
-            "--publish",
-            "none",
-            "--output",
-            str(out),
-            "--no-progress",
-            *extra,
-        ),
+        cli_command("ovstream", *run_args(files, model, out, *extra)),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -168,20 +172,7 @@ def test_live_sources_mixed_with_files_and_sigint_to_the_group(
     long = clip_factory(320, 180, 25, 3000, name="long3000")
     out = tmp_path / "results.jsonl"
     args = [f"cam{i}={s.url}" for i, s in enumerate(servers)] + [str(f) for f in short]
-    proc = start_in_session(
-        "run",
-        *args,
-        str(long),
-        "--model",
-        str(model),
-        "--publish",
-        "none",
-        "--output",
-        str(out),
-        "--no-progress",
-        "--jobs",
-        "4",
-    )
+    proc = start_in_session(*run_args([*args, long], model, out, "--jobs", "4"))
     try:
 
         def progress() -> dict[str, list[int]]:
@@ -232,17 +223,7 @@ def test_sigterm_to_the_process_group_drains_and_exits_0(clip_factory, model, tm
     The stages leave stopping to the supervisor, which drains."""
     files = copies(clip_factory(320, 180, 25, 400, name="mid400"), tmp_path / "in", 3)
     out = tmp_path / "results.jsonl"
-    proc = start_in_session(
-        "run",
-        *map(str, files),
-        "--model",
-        str(model),
-        "--publish",
-        "none",
-        "--output",
-        str(out),
-        "--no-progress",
-    )
+    proc = start_in_session(*run_args(files, model, out))
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 2000, 120, "results")
         os.killpg(proc.pid, signal.SIGTERM)
@@ -265,17 +246,7 @@ def test_sigint_to_the_group_while_starting(clip_factory, model, tmp_path, momen
     """Ctrl-C in the first seconds (stage processes starting, models compiling, sources
     opening): no traceback and no dead stage, the source reported stopped, exit 0."""
     clip = clip_factory(320, 180, 25, 100, name="start100")
-    proc = start_in_session(
-        "run",
-        str(clip),
-        "--model",
-        str(model),
-        "--publish",
-        "none",
-        "--output",
-        str(tmp_path / "r.jsonl"),
-        "--no-progress",
-    )
+    proc = start_in_session(*run_args([clip], model, tmp_path / "r.jsonl"))
     try:
         wait_for(lambda: psutil.Process(proc.pid).children(), 60, "the first stage process")
         time.sleep(moment)  # when the signal comes is what this test varies
