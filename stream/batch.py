@@ -19,16 +19,19 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from stream.errors import UserError
 from stream.jobs.inputs import expand_inputs
 from stream.jobs.state import FileRow, JobState, StatusSummary
 from stream.jobs.writer import OutputWriter, discard_parts, output_path
 from stream.model import load_info
+from stream.ops.metrics import parse_address
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, SourceReport
 from stream.sources.spec import SourceSpec
 from stream.stages.publish import DEFAULT_PUBLISH
@@ -73,8 +76,13 @@ class BatchConfig:
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
     transport: TransportConfig = field(default_factory=TransportConfig)
     """Links between the stages."""
+    metrics: str | None = None
+    """Serve `/metrics` (the pipeline's, plus `ovstream_batch_files{status}`) and `/healthz` on
+    `HOST:PORT` while the job runs; None = off."""
 
     def __post_init__(self) -> None:
+        if self.metrics is not None:
+            parse_address(self.metrics)
         if isinstance(self.inputs, str):
             raise UserError("inputs must be a list of paths, not one string")
         self.inputs = [str(x) for x in self.inputs]
@@ -314,8 +322,9 @@ class _Run:
             decoder_threads=cfg.decoder_threads,
             transport=cfg.transport,
             jobs=cfg.max_jobs,
+            metrics=cfg.metrics,
         )
-        pipeline = Pipeline(pipeline_config)
+        pipeline = Pipeline(pipeline_config, extra_metrics=self.file_metrics)
         try:
             pipeline.run(
                 progress=self.tick, on_result=self.on_result, on_stream_end=self.on_stream_end
@@ -327,6 +336,25 @@ class _Run:
             summary = pipeline.summary
             self.interrupted = bool(summary and summary.interrupted)
         self.tick()
+
+    def file_counts(self) -> dict[str, int]:
+        """The job's files by status now: done (before this run too), failed, pending."""
+        finished = self.finished_before + self.done + self.failed_now
+        return {
+            "done": finished - self.failed_count,  # failed_count: before and now
+            "failed": self.failed_count,
+            "pending": self.total - finished,
+        }
+
+    def file_metrics(self) -> Iterator[Metric]:
+        """`/metrics`: the job's files by status (served from the pipeline's HTTP thread; reads
+        counters only, never the job's SQLite connection)."""
+        files = GaugeMetricFamily(
+            "ovstream_batch_files", "Files of the batch job by status", labels=["status"]
+        )
+        for status, count in self.file_counts().items():
+            files.add_metric([status], count)
+        yield files
 
     def on_result(self, record: dict[str, Any]) -> None:
         self.writer.write(record)

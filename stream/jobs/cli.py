@@ -100,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ipc",
         help="links between stages (default ipc)",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics (with the job's files by status) and /healthz here "
+        "(:PORT or PORT: 127.0.0.1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -127,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         topk=args.topk,
         requests=args.requests,
         transport=TransportConfig(scheme=args.transport),
+        metrics=args.metrics,
     )
 
 

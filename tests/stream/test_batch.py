@@ -359,3 +359,47 @@ def test_a_second_job_on_the_same_output_is_refused(tmp_path: Path, model: Path)
         assert status.returncode == 2  # no job.sqlite yet
     finally:
         lock.release()
+
+
+def test_metrics_of_a_batch_job_count_its_files(model: Path, tmp_path: Path) -> None:
+    """`--metrics`: the pipeline's metrics plus the job's files by status, scraped while it runs
+    and parsed with the official parser; done + failed + pending is always the job's size."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from stream.wire.transport import free_tcp_port
+
+    media = tmp_path / "media"
+    for i in range(4):
+        make_sample.write_clip(media / f"m{i}.mp4", 160, 90, 25, 60)
+    (media / "bad.mp4").write_text("no video here")
+    port = free_tcp_port()
+    out = tmp_path / "o"
+    proc = start_cli(
+        "ovstream", "batch", str(media), "--model", str(model), "--out", str(out),
+        "--jobs", "1", "--publish", "none", "--no-progress", "--metrics", f":{port}",
+    )  # fmt: skip
+    seen: list[dict[str, float]] = []
+
+    def scrape() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return proc.poll() is not None  # not up yet, or the job is over
+        for family in text_string_to_metric_families(text):
+            if family.name == "ovstream_batch_files":
+                seen.append({s.labels["status"]: s.value for s in family.samples})
+        return bool(seen) and seen[-1]["done"] >= 1
+
+    try:
+        wait_for(scrape, 120, "a scrape with a finished file")
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr  # bad.mp4 failed
+    assert seen, "never scraped the job's gauges"
+    assert all(sum(s.values()) == 5 for s in seen)
+    assert seen[-1]["done"] >= 1
+    assert len(rows(out)) == 5
