@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from stream.errors import UserError
 from stream.ops.mqtt import parse_mqtt_url
@@ -135,6 +136,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz here (:PORT or PORT: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--annotate",
+        metavar="DIR",
+        help="write DIR/<stream id>.mp4 per video file: the classified frames with the top-1 "
+        "label, score and stream time drawn on them (H.264; files only, not live sources)",
+    )
+    parser.add_argument(
+        "--annotate-size",
+        metavar="WxH",
+        help="with --annotate: scale the annotated videos to WxH (default: the source's size)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     parser.add_argument(
@@ -356,26 +368,69 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
+    if args.annotate_size and not args.annotate:
+        raise UserError("--annotate-size needs --annotate DIR")
+    annotator = None
+    if args.annotate:  # imported only when asked for: nothing of it runs otherwise
+        from stream.ops.annotate import Annotator, parse_size
+
+        size = parse_size(args.annotate_size) if args.annotate_size else None
+        annotator = Annotator(args.annotate, config.specs, size=size)
     pipeline = Pipeline(config)
     progress = Progress(sys.stderr, enabled=not args.no_progress)
     try:
-        on_result = None
-        if args.print_results:
-
-            def on_result(record: dict) -> None:
-                progress.clear()
-                print(result_line(record), flush=True)
-
-        pipeline.run(progress=progress, on_result=on_result)
+        callbacks = result_callbacks(args.print_results, progress, annotator)
+        pipeline.run(progress=progress, **callbacks)
     except PipelineError as exc:
         progress.clear()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return 1 if annotator is None else max(1, finish_annotation(annotator, args.annotate))
     except UserError:
         progress.clear()
+        if annotator is not None:
+            annotator.cancel()
         raise
     progress.clear()
     summary = pipeline.summary
     assert summary is not None
     print_summary(summary, pipeline, sys.stderr)
-    return summary.exit_code
+    code = summary.exit_code
+    if annotator is not None:
+        code = max(code, finish_annotation(annotator, args.annotate))
+    return code
+
+
+def result_callbacks(
+    print_results: bool, progress: Progress, annotator: Any | None
+) -> dict[str, Callable[..., None] | None]:
+    """`on_result` / `on_stream_end` for `Pipeline.run`: None when nothing needs results, so
+    the pipeline does not deliver them to this process at all."""
+    printer = None
+    if print_results:
+
+        def printer(record: dict) -> None:
+            progress.clear()
+            print(result_line(record), flush=True)
+
+    if annotator is None:
+        return {"on_result": printer}
+    if printer is None:
+        return {"on_result": annotator.on_result, "on_stream_end": annotator.on_stream_end}
+
+    def both(record: dict) -> None:
+        printer(record)
+        annotator.on_result(record)
+
+    return {"on_result": both, "on_stream_end": annotator.on_stream_end}
+
+
+def finish_annotation(annotator: Any, folder: str) -> int:
+    """Wait for the annotated videos still being written; their cost on one line. 1 if one
+    could not be written."""
+    stats = annotator.close()
+    from stream.ops.annotate import summary_line
+
+    print(f"{PROG}: {summary_line(stats, folder)}", file=sys.stderr)
+    for problem in stats.errors:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+    return 1 if stats.errors else 0
