@@ -39,6 +39,38 @@ def positive_float(text: str) -> float:
     return value
 
 
+def publish_endpoint(text: str) -> str | None:
+    """`--publish`: the PUB endpoint, or None for `none`."""
+    return None if str(text).lower() in ("none", "") else text
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of how frames are classified and carried, shared by `run` and `batch`."""
+    parser.add_argument(
+        "--mode",
+        choices=("throughput", "latency"),
+        default="throughput",
+        help="OpenVINO hint: most frames per second (default) or lowest delay",
+    )
+    parser.add_argument(
+        "--device", default="CPU", help="OpenVINO device (default CPU; AUTO, GPU...)"
+    )
+    parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes per result")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="infer requests in flight (default: the device's optimal number)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("ipc", "tcp"),
+        default="ipc",
+        help="links between stages: ipc sockets in a temp dir (default) or tcp",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sources",
@@ -73,23 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="classify F frames per second (files: by pts; live: by capture time)",
     )
-    parser.add_argument(
-        "--mode",
-        choices=("throughput", "latency"),
-        default="throughput",
-        help="OpenVINO hint: most frames per second (default) or lowest delay",
-    )
-    parser.add_argument(
-        "--device", default="CPU", help="OpenVINO device (default CPU; AUTO, GPU...)"
-    )
-    parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes per result")
-    parser.add_argument(
-        "--requests",
-        type=int,
-        default=0,
-        metavar="N",
-        help="infer requests in flight (default: the device's optimal number)",
-    )
+    add_inference_arguments(parser)
     parser.add_argument(
         "--jobs",
         "-j",
@@ -112,12 +128,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         metavar="S",
         help="with --wait-subscribers: go on after S s without them, with a warning (default 30)",
-    )
-    parser.add_argument(
-        "--transport",
-        choices=("ipc", "tcp"),
-        default="ipc",
-        help="links between stages: ipc sockets in a temp dir (default) or tcp",
     )
     parser.add_argument(
         "--mqtt",
@@ -190,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    publish = None if str(args.publish).lower() in ("none", "") else args.publish
+    publish = publish_endpoint(args.publish)
     live = LiveOptions(
         transport=args.rtsp_transport,
         open_timeout_s=args.open_timeout,

@@ -20,7 +20,7 @@ from typing import TextIO
 from stream.batch import BatchConfig, BatchProgress, BatchSummary, job_status, run_batch
 from stream.errors import UserError
 from stream.jobs.state import StatusSummary
-from stream.run import StatusLine, positive_float
+from stream.run import StatusLine, add_inference_arguments, positive_float, publish_endpoint
 from stream.stages.publish import DEFAULT_PUBLISH
 from stream.wire.transport import TransportConfig
 
@@ -79,27 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fps", type=positive_float, metavar="F", help="classify F frames per second (by pts)"
     )
-    parser.add_argument(
-        "--mode",
-        choices=("throughput", "latency"),
-        default="throughput",
-        help="OpenVINO hint (default throughput)",
-    )
-    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
-    parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes per result")
-    parser.add_argument(
-        "--requests",
-        type=int,
-        default=0,
-        metavar="N",
-        help="infer requests in flight (default: the device's optimal number)",
-    )
-    parser.add_argument(
-        "--transport",
-        choices=("ipc", "tcp"),
-        default="ipc",
-        help="links between stages (default ipc)",
-    )
+    add_inference_arguments(parser)
     parser.add_argument(
         "--metrics",
         metavar="HOST:PORT",
@@ -125,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         jobs=args.jobs,
         retry_failed=args.retry_failed,
         restart=args.restart,
-        publish=None if str(args.publish).lower() in ("none", "") else args.publish,
+        publish=publish_endpoint(args.publish),
         wait_subscribers=args.wait_subscribers,
         device=args.device,
         fps=args.fps,
