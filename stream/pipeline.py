@@ -452,16 +452,15 @@ class Pipeline:
         publish = sup.stats("publish")
         published = publish.get("published", {})
         streams = {}
-        for state in sup.capture_states():
-            sid = state.stats.get("stream")
-            if sid is None or sid in sup.stream_reports or sid not in published:
-                continue  # not started, or ended
+        for sid, stats in self._reading().items():
+            if sid in sup.stream_reports or sid not in published:
+                continue  # ended
             streams[sid] = {
-                "captured": int(state.stats.get("frames", 0)),
+                "captured": int(stats.get("frames", 0)),
                 "published": int(published.get(sid, 0)),
-                "live": bool(state.stats.get("live", False)),
-                "dropped": int(state.stats.get("dropped", 0)),
-                "state": state.stats.get("state"),
+                "live": bool(stats.get("live", False)),
+                "dropped": int(stats.get("dropped", 0)),
+                "state": stats.get("state"),
             }
         captured = sum(s["captured"] for s in streams.values())
         done = sum(s["published"] for s in streams.values())
@@ -486,11 +485,7 @@ class Pipeline:
         publish = sup.stats("publish")
         published = publish.get("published") or {}
         latency = publish.get("latency") or {}
-        reading = {}
-        for state in sup.capture_states():
-            stats = dict(state.stats)
-            if "stream" in stats:
-                reading[stats["stream"]] = stats
+        reading = self._reading()
         reports, ends = dict(sup.stream_reports), dict(sup.capture_ends)
         errors = dict(sup.source_errors)
         out = {}
@@ -508,6 +503,16 @@ class Pipeline:
                 counters["error"] = errors[sid]
             out[sid] = counters
         return out
+
+    def _reading(self) -> dict[str, dict[str, Any]]:
+        """Each capture's last counters, by the stream it reads (or read last)."""
+        assert self.supervisor is not None
+        reading = {}
+        for state in self.supervisor.capture_states():
+            stats = dict(state.stats)
+            if "stream" in stats:
+                reading[stats["stream"]] = stats
+        return reading
 
     def _summarise(self) -> RunSummary:
         sup = self.supervisor
