@@ -83,11 +83,13 @@ class Geometry:
             height,
         )
 
-    def input_problem(self, array: np.ndarray) -> str | None:
-        """None if `array` is the model's input (height x width x 3 uint8), else why not."""
+    def input_problem(self, array: np.ndarray, batched: bool = False) -> str | None:
+        """None if `array` is the model's input (height x width x 3 uint8; with `batched`, N such
+        inputs), else why not."""
         shape = (self.height, self.width, 3)
-        if array.dtype != np.uint8 or tuple(array.shape) != shape:
-            return f"{array.dtype}{list(array.shape)} is not the model input uint8{list(shape)}"
+        got = tuple(array.shape[1:] if batched else array.shape)
+        if array.dtype != np.uint8 or got != shape:
+            return f"{array.dtype}{list(got)} is not the model input uint8{list(shape)}"
         return None
 
     def to_dict(self) -> dict[str, Any]:

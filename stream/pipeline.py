@@ -39,7 +39,12 @@ from stream.sources.live import LiveOptions
 from stream.sources.spec import SourceSpec, parse_sources
 from stream.stages.capture import CaptureConfig, CaptureStage
 from stream.stages.infer import InferConfig, InferStage
-from stream.stages.preprocess import PreprocessConfig, PreprocessStage
+from stream.stages.preprocess import (
+    DEFAULT_MAX_BATCH,
+    MAX_BATCH_LIMIT,
+    PreprocessConfig,
+    PreprocessStage,
+)
 from stream.stages.publish import DEFAULT_PUBLISH, PublishConfig, PublishStage
 from stream.supervisor import Supervisor
 from stream.wire.transport import TransportConfig, check_endpoint, free_tcp_port, resolve_endpoints
@@ -86,6 +91,9 @@ class PipelineConfig:
     """Classes per result."""
     requests: int = 0
     """Infer requests in flight; 0 = the device's optimal number."""
+    max_batch: int = DEFAULT_MAX_BATCH
+    """Frames one inference request takes at most: whatever is waiting, shared among the free
+    requests, never waiting for more (see stream/stages/infer.py); 1 = a request per frame."""
     ov_config: dict[str, Any] = field(default_factory=dict)
     """Extra OpenVINO compile properties."""
     decoder_threads: str = "AUTO"
@@ -126,6 +134,8 @@ class PipelineConfig:
             check_endpoint(self.publish)
         if self.topk < 1:
             raise UserError(f"topk must be at least 1, got {self.topk}")
+        if not 1 <= self.max_batch <= MAX_BATCH_LIMIT:
+            raise UserError(f"max_batch must be 1..{MAX_BATCH_LIMIT}, got {self.max_batch}")
         if self.wait_subscribers < 0:
             raise UserError(f"wait_subscribers must be >= 0, got {self.wait_subscribers}")
         if self.metrics is not None:
@@ -266,12 +276,20 @@ class Pipeline:
             ),
             InferStage(
                 InferConfig(
-                    model_dir, streams, cfg.device, cfg.requests, dict(cfg.ov_config), cfg.mode
+                    model_dir,
+                    streams,
+                    cfg.device,
+                    cfg.requests,
+                    dict(cfg.ov_config),
+                    cfg.mode,
+                    cfg.max_batch,
                 ),
                 cfg.transport,
                 endpoints,
             ),
-            PreprocessStage(PreprocessConfig(streams, info.geometry), cfg.transport, endpoints),
+            PreprocessStage(
+                PreprocessConfig(streams, info.geometry, cfg.max_batch), cfg.transport, endpoints
+            ),
         ]
         files = [spec for spec in cfg.specs if not spec.is_live]
         pool = len(files) > cfg.max_jobs

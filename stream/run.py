@@ -23,6 +23,7 @@ from stream.ops.mqtt import parse_mqtt_url
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, RunSummary
 from stream.sources.config_file import ConfigError, load_sources_file
 from stream.sources.live import LiveOptions
+from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.stages.publish import DEFAULT_PUBLISH
 from stream.wire.transport import TransportConfig
 
@@ -62,6 +63,14 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="infer requests in flight (default: the device's optimal number)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        metavar="N",
+        help=f"frames one inference request takes at most: those waiting, never waiting for "
+        f"more (default {DEFAULT_MAX_BATCH}; 1 = a request per frame)",
     )
     parser.add_argument(
         "--transport",
@@ -222,6 +231,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         fps=args.fps,
         topk=args.topk,
         requests=args.requests,
+        max_batch=args.max_batch,
         wait_subscribers=args.wait_subscribers,
         subscriber_timeout_s=args.subscriber_timeout,
         jobs=args.jobs,

@@ -112,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         mode=args.mode,
         topk=args.topk,
         requests=args.requests,
+        max_batch=args.max_batch,
         transport=TransportConfig(scheme=args.transport),
         metrics=args.metrics,
     )

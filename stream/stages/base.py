@@ -370,22 +370,29 @@ class StreamTracker:
         """False where messages legitimately arrive out of order (after async inference)."""
 
     def check(self, msg: messages.Message) -> str | None:
-        """None if `msg` may be processed, else why it must be rejected."""
-        if msg.stream not in self.expected:
-            return f"unknown stream {msg.stream!r}"
-        if msg.stream in self.ended:
-            return f"{msg.kind} for stream {msg.stream!r} after its end of stream"
+        """None if `msg` (a batch of frames, or an end of stream) may be processed, else why it
+        must be rejected. A batch is taken or rejected whole."""
+        streams = msg.batch.streams if msg.batch is not None else [msg.stream]
+        for stream in streams:
+            if stream not in self.expected:
+                return f"unknown stream {stream!r}"
+            if stream in self.ended:
+                return f"{msg.kind} for stream {stream!r} after its end of stream"
         if msg.kind == messages.EOS:
             self.ended.add(msg.stream)
             return None
-        if not self.ordered:
+        if not self.ordered or msg.batch is None:
             return None
-        expected = self.expected[msg.stream]
-        if msg.seq < expected:
-            return f"stream {msg.stream!r}: sequence {msg.seq} repeats (expected {expected})"
-        if msg.seq > expected:
-            log.warning("stream %r: sequence jumps from %d to %d", msg.stream, expected, msg.seq)
-        self.expected[msg.stream] = msg.seq + 1
+        expected = {s: self.expected[s] for s in streams}
+        for seq, stream in zip(msg.batch.index[:, 1].tolist(), msg.batch.stream_ids(), strict=True):
+            if seq < expected[stream]:
+                return f"stream {stream!r}: sequence {seq} repeats (expected {expected[stream]})"
+            if seq > expected[stream]:
+                log.warning(
+                    "stream %r: sequence jumps from %d to %d", stream, expected[stream], seq
+                )
+            expected[stream] = seq + 1
+        self.expected.update(expected)
         return None
 
     @property

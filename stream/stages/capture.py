@@ -258,9 +258,10 @@ class CaptureStage(Stage):
     def _frame_message(
         self, seq: int, index: int, pts: float | None, capture_ts: float, image: np.ndarray
     ) -> list:
-        """A FRAME message; `prepared`: the image is already the model input (WindowScaler)."""
-        meta = {"frame_index": index, "pts": pts, "capture_ts": capture_ts, "prepared": True}
-        return messages.encode(messages.FRAME, self.spec.stream_id, seq, meta, [image])
+        """A FRAME message of one frame; `prepared`: the image is already the model input
+        (WindowScaler)."""
+        batch = messages.Batch.single(self.spec.stream_id, seq, index, pts, capture_ts, image)
+        return messages.encode_batch(messages.FRAME, batch, {"prepared": True})
 
     # -- live: reconnect, never fall behind ------------------------------------------------------
 

@@ -1,11 +1,17 @@
-"""Preprocess stage: frames from every capture -> the u8 BGR tensor the IR takes.
+"""Preprocess stage: frames from every capture -> batches of the u8 BGR tensor the IR takes.
 
 The geometry is the project's one policy (`stream.geometry`). Capture already applies it on the
 decoded YUV frame (`sources.decode.WindowScaler`: crop the source window, resize and convert to BGR
 in one swscale pass), which costs a quarter of converting the whole frame and resizing it here, so
-its frames arrive marked `prepared`: this stage checks they are the model input and passes them on
-without a copy. Any other BGR frame goes through `stream.geometry.prepare`. Frames of every source
-meet here, and malformed ones stop here. Colour conversion and normalisation are inside the IR.
+its frames arrive marked `prepared`: this stage checks they are the model input. Any other BGR
+frame goes through `stream.geometry.prepare`. Frames of every source meet here, and malformed ones
+stop here. Colour conversion and normalisation are inside the IR.
+
+Batching: the stage takes the frames that are waiting, up to `max_batch`, and sends them on as
+one TENSOR message (one copy of each frame into the batch), which infer runs as one request. It
+never waits for a batch to fill: a frame that arrives alone goes on alone, so a live source's
+latency does not grow. An end of stream flushes the frames before it, so it still follows its
+stream's last frame.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import zmq
 
 from stream.geometry import Geometry, prepare
@@ -21,6 +28,10 @@ from stream.wire import messages
 from stream.wire.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 8
+"""Frames per TENSOR message and per inference request at most (`--max-batch`)."""
+MAX_BATCH_LIMIT = 256
 
 
 @dataclass
@@ -31,27 +42,31 @@ class PreprocessConfig:
     """Stream ids it waits for; it ends after the end of stream of each."""
     geometry: Geometry = field(default_factory=Geometry)
     """The model's geometry (from model.json)."""
+    max_batch: int = DEFAULT_MAX_BATCH
+    """Frames per TENSOR message at most (whatever is waiting, never waiting for more)."""
 
 
-def to_tensor(msg: messages.Message, geometry: Geometry) -> list:
-    """The TENSOR message (multipart frames) for one FRAME message; ValueError if it is no frame.
+def to_tensors(msg: messages.Message, geometry: Geometry) -> messages.Batch:
+    """The model inputs of one FRAME message; ValueError if they cannot be.
 
-    A frame marked `prepared` (capture's, made by the decoder-side window) must already be the
-    model input and is passed on as it is; any other BGR frame goes through `prepare`.
+    Frames marked `prepared` (capture's, made by the decoder-side window) must already be the
+    model input and are passed on as they are; any other BGR frames go through `prepare`.
     """
-    frame = msg.arrays[0]
+    batch = msg.batch
+    assert batch is not None
     if msg.meta.get("prepared"):
-        problem = geometry.input_problem(frame)
+        problem = geometry.input_problem(batch.data, batched=True)
         if problem:
             raise ValueError(f"prepared frame: {problem}")
-        tensor = frame
-    else:
-        tensor = prepare(frame, geometry)
-    return messages.encode(messages.TENSOR, msg.stream, msg.seq, msg.meta, [tensor])
+        return batch
+    data = batch.data
+    if data.ndim != 4:
+        raise ValueError(f"expected N x H x W x 3 uint8 frames, got shape {data.shape}")
+    return batch.with_data(np.stack([prepare(frame, geometry) for frame in data]))
 
 
 class PreprocessStage(Stage):
-    """PULL frames (bound: outlives the captures), PUSH tensors to infer."""
+    """PULL frames (bound: outlives the captures), PUSH batches of tensors to infer."""
 
     name = "preprocess"
 
@@ -68,25 +83,53 @@ class PreprocessStage(Stage):
         self._out = self.socket(zmq.PUSH, "tensors", bind=False)
         self.report(messages.READY)
         tracker = StreamTracker(self.config.streams)
-        self.stats.update(frames=0, errors=0)
+        self.stats.update(frames=0, batches=0, errors=0)
         timeout = self.transport.io_timeout_ms
         while not tracker.done and not self.should_stop():
             self.tick()
-            kinds = (messages.FRAME, messages.EOS)
-            msg = self.receive_checked(self._in, timeout, "frames", kinds, tracker)
-            if msg is None:
-                continue
-            if msg.kind == messages.EOS:
-                self.eos_seen(msg)
-                parts = messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta)
-            else:
-                try:
-                    parts = to_tensor(msg, self.config.geometry)
-                except ValueError as exc:
-                    self.reject(f"stream {msg.stream!r} frame {msg.seq}: {exc}")
-                    continue
-                self.stats["frames"] += 1
-            if not send(self._out, parts, self.should_stop):
+            if not self._pass_on(tracker, timeout):
                 break
         self.complete = tracker.done
         self.tick(force=True)
+
+    def _pass_on(self, tracker: StreamTracker, timeout_ms: int) -> bool:
+        """Wait up to `timeout_ms` for frames, take what is waiting (up to max_batch) and send it
+        on as one batch; ends of stream go on after the frames before them. False if stopped."""
+        kinds = (messages.FRAME, messages.EOS)
+        taken: list[messages.Batch] = []
+        count = 0
+        msg = self.receive_checked(self._in, timeout_ms, "frames", kinds, tracker)
+        while msg is not None:
+            if msg.kind == messages.EOS:
+                self.eos_seen(msg)
+                if not self._flush(taken, count):
+                    return False
+                taken, count = [], 0
+                if not send(
+                    self._out,
+                    messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta),
+                    self.should_stop,
+                ):
+                    return False
+            else:
+                try:
+                    batch = to_tensors(msg, self.config.geometry)
+                except ValueError as exc:
+                    self.reject(f"frame message of {', '.join(msg.batch.streams)}: {exc}")
+                else:
+                    taken.append(batch)
+                    count += len(batch)
+            if count >= self.config.max_batch:
+                break
+            msg = self.receive_checked(self._in, 0, "frames", kinds, tracker)
+        return self._flush(taken, count)
+
+    def _flush(self, taken: list[messages.Batch], count: int) -> bool:
+        if not taken:
+            return True
+        parts = messages.encode_batch(messages.TENSOR, messages.Batch.join(taken))
+        if not send(self._out, parts, self.should_stop):
+            return False
+        self.stats["frames"] += count
+        self.stats["batches"] += 1
+        return True

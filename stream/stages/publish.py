@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import zmq
 
 from stream.errors import UserError
-from stream.model import load_info, topk
+from stream.model import load_info, topk_batch
 from stream.ops.mqtt import MqttPublisher, parse_mqtt_url
 from stream.results_file import output_problem
 from stream.stages.base import Stage, StreamTracker
@@ -120,19 +119,28 @@ class Reorderer:
         return rest, missing
 
 
-def make_record(
-    msg: messages.Message, source: str, labels: list[str], k: int, model: str, precision: str
-) -> dict[str, Any]:
-    """The result record of one LOGITS message."""
-    return messages.result_record(
-        msg.stream,
-        source,
-        msg.meta,
-        topk(np.asarray(msg.arrays[0]), labels, k),
-        model,
-        precision,
-        time.time(),
-    )
+def make_records(
+    batch: messages.Batch,
+    sources: dict[str, str],
+    labels: list[str],
+    k: int,
+    model: str,
+    precision: str,
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """(stream, seq, result record) of each frame of one LOGITS batch: one softmax and top-k for
+    the batch. `sources`: stream id -> source, credentials already masked."""
+    now = time.time()
+    tops = topk_batch(batch.data, labels, k)
+    return [
+        (
+            stream,
+            seq,
+            messages.record_fields(
+                stream, sources[stream], frame_index, pts, capture_ts, top, model, precision, now
+            ),
+        )
+        for (stream, seq, frame_index, pts, capture_ts), top in zip(batch.rows(), tops, strict=True)
+    ]
 
 
 class PublishStage(Stage):
@@ -149,8 +157,10 @@ class PublishStage(Stage):
         self._pub: zmq.Socket | None = None
         self._sink: zmq.Socket | None = None
         self._status: zmq.Socket | None = None
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
         self._mqtt: MqttPublisher | None = None
+        self._published: dict[str, int] = {}
+        self._latency: dict[str, dict[str, Any]] = {}
 
     def run(self) -> None:
         cfg = self.config
@@ -165,7 +175,7 @@ class PublishStage(Stage):
             try:
                 Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(  # noqa: SIM115 (closed in close)
-                    cfg.output, "w", encoding="utf-8", buffering=1
+                    cfg.output, "wb"
                 )
             except OSError as exc:
                 raise UserError(f"cannot write {cfg.output}: {exc.strerror}") from None
@@ -182,13 +192,21 @@ class PublishStage(Stage):
 
         tracker = StreamTracker(list(cfg.sources), ordered=False)
         orders = {s: Reorderer() for s in cfg.sources}
-        published = {s: 0 for s in cfg.sources}  # streams that have not ended yet
-        latency = {s: LatencyHistogram.new() for s in cfg.sources}  # the same streams
+        masked = {s: messages.mask_credentials(src) for s, src in cfg.sources.items()}
+        self._published = published = {s: 0 for s in cfg.sources}  # streams not ended yet
+        self._latency = latency = {s: LatencyHistogram.new() for s in cfg.sources}  # the same
+
+        def check_logits(msg: messages.Message) -> str | None:
+            if msg.batch is not None and msg.batch.data.ndim != 2:
+                return f"logits of {', '.join(msg.batch.streams)}: shape {msg.batch.data.shape}"
+            return None
+
         self.stats.update(
             published=published,
             latency=latency,
             results=0,
             lost=0,
+            duplicates=0,
             pub_dropped=0,
             subscriptions=0,
             status=0,
@@ -201,7 +219,7 @@ class PublishStage(Stage):
             self._drain_subscriptions()
             self._forward_status()
             kinds = (messages.LOGITS, messages.EOS)
-            msg = self.receive_checked(self._in, timeout, "logits", kinds, tracker)
+            msg = self.receive_checked(self._in, timeout, "logits", kinds, tracker, check_logits)
             if msg is None:
                 continue
             if msg.kind == messages.EOS:
@@ -209,31 +227,41 @@ class PublishStage(Stage):
                 if missing:
                     self.stats["lost"] += missing
                     log.warning("stream %r: %d frame(s) never reached publish", msg.stream, missing)
-            else:
-                record = make_record(
-                    msg, cfg.sources[msg.stream], info.labels, cfg.topk, info.name, info.precision
-                )
-                try:
-                    rest = orders[msg.stream].add(msg.seq, record)
-                except ValueError as exc:
-                    self.reject(f"stream {msg.stream!r}: {exc}")
-                    continue
-            for record in rest:
-                if not self._emit(record):
+                if not self._release(msg.stream, rest):
                     return
-                published[msg.stream] += 1
-                LatencyHistogram.observe(
-                    latency[msg.stream], record["publish_ts"] - record["capture_ts"]
-                )
-                self.stats["results"] += 1
-            if msg.kind == messages.EOS:
                 self._end_stream(msg, published.pop(msg.stream), latency.pop(msg.stream))
+                continue
+            assert msg.batch is not None
+            made = make_records(msg.batch, masked, info.labels, cfg.topk, info.name, info.precision)
+            for stream, seq, record in made:
+                try:
+                    ready = orders[stream].add(seq, record)
+                except ValueError:
+                    self.stats["duplicates"] += 1
+                    log.warning("stream %r: frame %d arrived twice; dropped the copy", stream, seq)
+                    continue
+                if not self._release(stream, ready):
+                    return
+            if self._file is not None:
+                self._file.flush()  # once a message: a reader sees results as they go out
         self._forward_status()
         if self._mqtt is not None:
             self._mqtt.flush()  # bounded; what is left is counted as dropped
             self.stats.update(self._mqtt.stats())
         self.complete = tracker.done
         self.tick(force=True)
+
+    def _release(self, stream: str, records: list[dict[str, Any]]) -> bool:
+        """Publish records of `stream` now in order; False if stopped while blocked."""
+        for record in records:
+            if not self._emit(record):
+                return False
+            self._published[stream] += 1
+            LatencyHistogram.observe(
+                self._latency[stream], record["publish_ts"] - record["capture_ts"]
+            )
+            self.stats["results"] += 1
+        return True
 
     def _end_stream(self, msg: messages.Message, count: int, latency: dict[str, Any]) -> None:
         """After a stream's last result: tell the supervisor (and the sink) it is complete."""
@@ -281,7 +309,7 @@ class PublishStage(Stage):
             except zmq.Again:
                 self.stats["pub_dropped"] += 1
         if self._file is not None:
-            self._file.write(data.decode() + "\n")
+            self._file.write(data + b"\n")
         if self._mqtt is not None:
             self._mqtt.publish_result(record["stream_id"], data)
         if self._sink is not None:

@@ -1,11 +1,26 @@
 """The wire format between stages: multipart `[topic, header JSON, payload...]`.
 
-Every message between pipeline processes goes through `encode` and `decode`. The header is a JSON
-object with the wire version `v`, the message `kind`, the stream id, a per-stream sequence number,
-timestamps and, for each payload part, its dtype and shape. Payloads are raw array buffers, sent
-without copies and received as zero-copy numpy views. Nothing that comes off a socket is
-unpickled; a message that does not match this format raises `MessageError`, which receivers count
-and log, and never lets it crash a stage.
+Every message between pipeline processes goes through `encode`/`encode_batch` and `decode`. The
+header is a JSON object with the wire version `v`, the message `kind`, the stream id, a
+per-stream sequence number and, for each payload part, its dtype and shape. Payloads are raw
+array buffers, sent without copies and received as zero-copy numpy views. Nothing that comes off a
+socket is unpickled; a message that does not match this format raises `MessageError`, which
+receivers count and log, and never lets it crash a stage.
+
+Data messages (FRAME, TENSOR, LOGITS) are batches (wire version 2): one message carries N >= 1
+frames, of any streams, as three payload parts, so a stage hands on whatever is waiting as one
+message and infer runs it as one request, and nothing per frame is JSON:
+
+    [b"", header, index, times, data]
+    header  {"v": 2, "kind": ..., "stream": "", "seq": 0, "streams": [stream ids], "arrays": [...]}
+    index   int64   [N, 3]  stream number (into "streams"), per-stream sequence, source frame index
+    times   float64 [N, 2]  pts in seconds (NaN: none), capture time (Unix seconds)
+    data    [N, ...]        the frames (u8 [N, H, W, 3]) or the logits (f32 [N, classes])
+
+Control messages (EOS, READY, STATS, ERROR, STATUS, EOS_SEEN, COMMAND) carry one stream's (or one
+stage's) fields in the header: `[stream id, header, payload...]`. A stream's end of stream follows
+its last frame on the same link, so its arrival means all of the stream arrived. Version 1 (one
+frame per data message, its fields in the header) is gone; a version-1 message is rejected.
 
 Results leave the pipeline in a different, public form: `[stream_id, result JSON]` on the PUB
 socket, one JSON object per line in the JSON Lines file, both described by
@@ -16,14 +31,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+import orjson
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 """Version of the internal header format; receivers reject any other."""
 RESULT_VERSION = 1
 """Version of the public result record (`v` in result.schema.json)."""
@@ -43,9 +60,9 @@ STATUS_EVENTS = (
 )
 
 # Data kinds flow downstream between stages; control kinds go from a stage to the supervisor.
-FRAME = "frame"  # a BGR frame (meta["prepared"]: the model input already), capture -> preprocess
-TENSOR = "tensor"  # the model input, preprocess -> infer
-LOGITS = "logits"  # raw model output, infer -> publish
+FRAME = "frame"  # BGR frames (meta["prepared"]: the model input already), capture -> preprocess
+TENSOR = "tensor"  # model inputs, preprocess -> infer
+LOGITS = "logits"  # raw model outputs, infer -> publish
 EOS = "eos"  # end of one stream; `count` = number of frames sent in it
 RESULT = "result"  # a finished result record, publish -> an in-process consumer (Python API)
 READY = "ready"  # a stage opened its resources
@@ -68,9 +85,13 @@ result of a stream; results are `[stream_id, JSON]` and status events `[_status/
 # to end at once, unread, after a stop).
 COMMANDS = ("hello", "next", "stop", "release", "abort", "assign")
 
-DTYPES = ("uint8", "float32", "float16", "int32", "int64")
+DTYPES = ("uint8", "float32", "float16", "int32", "int64", "float64")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_DIMS = 8
+HEADER_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+"""What a header may hold beyond JSON's types: counters keyed by numbers, numpy scalars."""
+MAX_BATCH_STREAMS = 4096
+"""Most distinct streams one data message may name."""
 
 
 class MessageError(ValueError):
@@ -91,6 +112,96 @@ class Message:
     """The other header fields: frame_index, pts, capture_ts, counters..."""
     arrays: list[np.ndarray] = field(default_factory=list)
     """Payload parts, as read-only numpy views of the received buffers."""
+    batch: Batch | None = None
+    """The frames of a data message (FRAME, TENSOR, LOGITS); None for control messages."""
+
+
+@dataclass
+class Batch:
+    """The frames of one data message, of any streams, in the order they were taken.
+
+    `index` and `times` are small arrays, so a stage handles a batch's bookkeeping with a few
+    numpy operations and the frames themselves are never touched but by the one who needs them.
+    """
+
+    streams: list[str]
+    """Stream ids that `index[:, 0]` refers to."""
+    index: np.ndarray
+    """int64 [N, 3]: stream number, per-stream sequence number, source frame index."""
+    times: np.ndarray
+    """float64 [N, 2]: pts in seconds (NaN: unknown), capture time (Unix seconds)."""
+    data: np.ndarray
+    """[N, ...]: the frames or their model outputs."""
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @classmethod
+    def single(
+        cls,
+        stream: str,
+        seq: int,
+        frame_index: int,
+        pts: float | None,
+        capture_ts: float,
+        frame: np.ndarray,
+    ) -> Batch:
+        """A batch of one frame (what a capture sends)."""
+        return cls(
+            [stream],
+            np.array([[0, seq, frame_index]], dtype=np.int64),
+            np.array([[math.nan if pts is None else pts, capture_ts]], dtype=np.float64),
+            frame[None],
+        )
+
+    def stream_ids(self) -> list[str]:
+        """The stream id of each frame."""
+        streams = self.streams
+        return [streams[i] for i in self.index[:, 0].tolist()]
+
+    def rows(self) -> Iterator[tuple[str, int, int, float | None, float]]:
+        """(stream, seq, frame_index, pts or None, capture_ts) of each frame."""
+        streams = self.streams
+        for (n, seq, frame_index), (pts, capture_ts) in zip(
+            self.index.tolist(), self.times.tolist(), strict=True
+        ):
+            yield streams[n], seq, frame_index, None if math.isnan(pts) else pts, capture_ts
+
+    def take(self, start: int, stop: int) -> Batch:
+        """Frames `start:stop`, as views (no copy)."""
+        return Batch(
+            self.streams,
+            self.index[start:stop],
+            self.times[start:stop],
+            self.data[start:stop],
+        )
+
+    def with_data(self, data: np.ndarray) -> Batch:
+        """The same frames with another payload (their model outputs)."""
+        if data.shape[0] != len(self):
+            raise ValueError(f"{data.shape[0]} outputs for {len(self)} frames")
+        return Batch(self.streams, self.index, self.times, data)
+
+    @staticmethod
+    def join(batches: Sequence[Batch]) -> Batch:
+        """One batch of all their frames, in order; a single batch is returned as it is."""
+        if len(batches) == 1:
+            return batches[0]
+        streams: list[str] = []
+        numbers: dict[str, int] = {}
+        indexes = []
+        for b in batches:
+            remap = np.array([numbers.setdefault(s, len(numbers)) for s in b.streams], np.int64)
+            index = b.index.copy()
+            index[:, 0] = remap[index[:, 0]]
+            indexes.append(index)
+        streams = list(numbers)
+        return Batch(
+            streams,
+            np.concatenate(indexes),
+            np.concatenate([b.times for b in batches]),
+            np.concatenate([b.data for b in batches]),
+        )
 
 
 def encode(
@@ -115,7 +226,22 @@ def encode(
         specs.append({"dtype": arr.dtype.name, "shape": list(arr.shape)})
         parts.append(memoryview(arr).cast("B"))
     header["arrays"] = specs
-    return [stream.encode(), json.dumps(header, separators=(",", ":")).encode(), *parts]
+    return [stream.encode(), orjson.dumps(header, option=HEADER_OPTIONS), *parts]
+
+
+def encode_batch(kind: str, batch: Batch, meta: dict[str, Any] | None = None) -> list[Any]:
+    """The multipart frames of one data message (send with copy=False)."""
+    if kind not in DATA_KINDS:
+        raise ValueError(f"{kind!r} is not a data kind")
+    if not len(batch):
+        raise ValueError("a data message carries at least one frame")
+    return encode(
+        kind,
+        "",
+        0,
+        {**(meta or {}), "streams": batch.streams},
+        [batch.index, batch.times, batch.data],
+    )
 
 
 def _buffer(part: Any) -> memoryview:
@@ -142,8 +268,8 @@ def decode(parts: list[Any]) -> Message:
     if raw.nbytes > MAX_HEADER_BYTES:
         raise MessageError(f"header too large ({raw.nbytes} bytes)")
     try:
-        header = json.loads(bytes(raw))
-    except (UnicodeDecodeError, ValueError) as exc:
+        header = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise MessageError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise MessageError("header is not a JSON object")
@@ -165,20 +291,44 @@ def decode(parts: list[Any]) -> Message:
     arrays = []
     for spec, part in zip(specs, parts[2:], strict=True):
         arrays.append(_array(spec, _buffer(part)))
-    if "capture_ts" in header and not _is_number(header["capture_ts"]):
-        raise MessageError("header field 'capture_ts' is not a finite number")
-    if "pts" in header and header["pts"] is not None and not _is_number(header["pts"]):
-        raise MessageError("header field 'pts' is neither a finite number nor null")
     meta = {k: v for k, v in header.items() if k not in ("v", "kind", "stream", "seq", "arrays")}
-    if kind in DATA_KINDS:
-        for key in ("frame_index", "pts", "capture_ts"):
-            if key not in meta:
-                raise MessageError(f"{kind} message has no {key!r}")
-        if len(arrays) != 1:
-            raise MessageError(f"{kind} message must carry exactly one array, got {len(arrays)}")
+    batch = _batch(kind, meta, arrays) if kind in DATA_KINDS else None
     if kind == EOS:
         _require(header, "count", int)
-    return Message(kind=kind, stream=stream, seq=seq, meta=meta, arrays=arrays)
+    return Message(kind=kind, stream=stream, seq=seq, meta=meta, arrays=arrays, batch=batch)
+
+
+def _batch(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
+    """Check the parts of a data message and make its Batch."""
+    streams = meta.pop("streams", None)
+    if (
+        not isinstance(streams, list)
+        or not 0 < len(streams) <= MAX_BATCH_STREAMS
+        or not all(isinstance(s, str) for s in streams)
+        or len(set(streams)) != len(streams)
+    ):
+        raise MessageError(f"{kind} message: 'streams' must be a list of distinct stream ids")
+    if len(arrays) != 3:
+        raise MessageError(f"{kind} message must carry index, times and data, got {len(arrays)}")
+    index, times, data = arrays
+    n = index.shape[0] if index.ndim == 2 else -1
+    if index.dtype != np.int64 or index.shape != (n, 3) or n < 1:
+        raise MessageError(f"{kind} message: index must be int64 [N>=1, 3], got {index.shape}")
+    if times.dtype != np.float64 or times.shape != (n, 2):
+        raise MessageError(f"{kind} message: times must be float64 [{n}, 2], got {times.shape}")
+    if data.ndim < 1 or data.shape[0] != n:
+        raise MessageError(f"{kind} message: data must hold {n} frames, got {data.shape}")
+    numbers = index[:, 0]
+    if numbers.min() < 0 or numbers.max() >= len(streams):
+        raise MessageError(f"{kind} message: a stream number outside 0..{len(streams) - 1}")
+    if index[:, 1:].min() < 0:
+        raise MessageError(f"{kind} message: a negative sequence number or frame index")
+    pts, capture_ts = times[:, 0], times[:, 1]
+    if not np.isfinite(capture_ts).all():
+        raise MessageError(f"{kind} message: a capture time that is not a finite number")
+    if np.isinf(pts).any():
+        raise MessageError(f"{kind} message: an infinite pts")
+    return Batch(streams, index, times, data)
 
 
 def _is_number(value: Any) -> bool:
@@ -229,14 +379,40 @@ def result_record(
     precision: str,
     publish_ts: float,
 ) -> dict[str, Any]:
-    """The public result of one frame, as described by result.schema.json."""
-    capture_ts = float(meta["capture_ts"])
+    """The public result of one frame, as described by result.schema.json.
+
+    `meta`: frame_index, pts and capture_ts; `source` is masked here."""
+    return record_fields(
+        stream,
+        mask_credentials(source),
+        int(meta["frame_index"]),
+        None if meta["pts"] is None else float(meta["pts"]),
+        float(meta["capture_ts"]),
+        topk,
+        model,
+        precision,
+        publish_ts,
+    )
+
+
+def record_fields(
+    stream: str,
+    masked_source: str,
+    frame_index: int,
+    pts: float | None,
+    capture_ts: float,
+    topk: list[dict[str, Any]],
+    model: str,
+    precision: str,
+    publish_ts: float,
+) -> dict[str, Any]:
+    """`result_record` for a source already masked (publish masks each source once)."""
     return {
         "v": RESULT_VERSION,
         "stream_id": stream,
-        "source": mask_credentials(source),
-        "frame_index": int(meta["frame_index"]),
-        "pts": None if meta["pts"] is None else round(float(meta["pts"]), 6),
+        "source": masked_source,
+        "frame_index": frame_index,
+        "pts": None if pts is None else round(pts, 6),
         "capture_ts": round(capture_ts, 6),
         "publish_ts": round(publish_ts, 6),
         "latency_ms": round((publish_ts - capture_ts) * 1000.0, 3),
@@ -277,7 +453,7 @@ def load_status_schema() -> dict[str, Any]:
 
 def dump_result(record: dict[str, Any]) -> bytes:
     """One result as compact UTF-8 JSON (the PUB payload and the JSON Lines line)."""
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(record)
 
 
 def load_schema() -> dict[str, Any]:

@@ -283,15 +283,14 @@ def test_status_events_follow_their_schema_and_mask_the_password():
 def test_live_frames_without_pts_give_results_with_null_pts():
     import numpy as np
 
-    meta = {"frame_index": 7, "pts": None, "capture_ts": 1700000000.25}
-    msg = messages.decode(
-        messages.encode(messages.FRAME, "cam", 0, meta, [np.zeros((2, 2, 3), np.uint8)])
-    )
-    assert msg.meta["pts"] is None
+    batch = messages.Batch.single("cam", 0, 7, None, 1700000000.25, np.zeros((2, 2, 3), np.uint8))
+    msg = messages.decode(messages.encode_batch(messages.FRAME, batch))
+    [(_, _, frame_index, pts, capture_ts)] = msg.batch.rows()
+    assert pts is None
     record = messages.result_record(
         "cam",
         URL,
-        msg.meta,
+        {"frame_index": frame_index, "pts": pts, "capture_ts": capture_ts},
         [{"class_id": 1, "label": "x", "score": 0.5}],
         "m",
         "INT8",

@@ -10,36 +10,63 @@ import pytest
 import zmq
 
 from stream.wire import messages
-from stream.wire.messages import MessageError, decode, encode
+from stream.wire.messages import MessageError, decode, encode, encode_batch
 
 from .conftest import recv_within
 
 
-def frame_meta(**kw):
-    return {"frame_index": 3, "pts": 0.12, "capture_ts": 1700000000.5, **kw}
+def two_stream_batch(image_shape=(90, 160, 3)):
+    rng = np.random.default_rng(0)
+    cam1 = messages.Batch.single(
+        "cam1", 7, 3, 0.12, 1700000000.5, rng.integers(0, 256, image_shape, dtype=np.uint8)
+    )
+    cam2 = messages.Batch.single(
+        "cam2", 0, 0, None, 1700000000.6, rng.integers(0, 256, image_shape, dtype=np.uint8)
+    )
+    cam1b = messages.Batch.single(
+        "cam1", 8, 4, 0.16, 1700000000.7, rng.integers(0, 256, image_shape, dtype=np.uint8)
+    )
+    return messages.Batch.join([cam1, cam2, cam1b])
 
 
-def test_round_trip_over_a_socket_is_zero_copy(zctx, tmp_path):
+def test_a_batch_of_several_streams_round_trips_over_a_socket_without_copies(zctx, tmp_path):
     pull = zctx.socket(zmq.PULL)
     pull.bind(f"ipc://{tmp_path}/t.sock")
     push = zctx.socket(zmq.PUSH)
     push.connect(f"ipc://{tmp_path}/t.sock")
-    image = np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)
-    push.send_multipart(encode(messages.FRAME, "cam1", 7, frame_meta(), [image]), copy=False)
+    batch = two_stream_batch()
+    push.send_multipart(encode_batch(messages.FRAME, batch, {"prepared": True}), copy=False)
     msg = decode(recv_within(pull))
-    assert (msg.kind, msg.stream, msg.seq) == ("frame", "cam1", 7)
-    assert msg.meta["frame_index"] == 3 and msg.meta["pts"] == 0.12
-    np.testing.assert_array_equal(msg.arrays[0], image)
-    assert not msg.arrays[0].flags.owndata  # a view of the received buffer
+    assert msg.kind == "frame" and msg.meta == {"prepared": True}
+    assert list(msg.batch.rows()) == [
+        ("cam1", 7, 3, 0.12, 1700000000.5),
+        ("cam2", 0, 0, None, 1700000000.6),
+        ("cam1", 8, 4, 0.16, 1700000000.7),
+    ]
+    np.testing.assert_array_equal(msg.batch.data, batch.data)
+    assert not msg.batch.data.flags.owndata  # a view of the received buffer
+
+
+def test_take_gives_views_and_join_renumbers_streams():
+    batch = two_stream_batch()
+    head, tail = batch.take(0, 1), batch.take(1, 3)
+    assert np.shares_memory(head.data, batch.data) and len(tail) == 2
+    again = messages.Batch.join([tail, head])
+    assert [r[:2] for r in again.rows()] == [("cam2", 0), ("cam1", 8), ("cam1", 7)]
+    assert sorted(again.streams) == ["cam1", "cam2"]
+    logits = again.with_data(np.zeros((3, 10), np.float32))
+    assert logits.data.shape == (3, 10) and logits.streams == again.streams
+    with pytest.raises(ValueError):
+        again.with_data(np.zeros((2, 10), np.float32))
 
 
 def test_eos_needs_no_payload():
     msg = decode(encode(messages.EOS, "a", 10, {"count": 10}))
-    assert msg.kind == "eos" and msg.meta["count"] == 10 and msg.arrays == []
+    assert msg.kind == "eos" and msg.meta["count"] == 10 and msg.arrays == [] and msg.batch is None
 
 
 def good():
-    return encode(messages.FRAME, "s", 0, frame_meta(), [np.zeros((2, 2, 3), np.uint8)])
+    return encode_batch(messages.FRAME, two_stream_batch((2, 2, 3)))
 
 
 def with_header(**changes):
@@ -53,31 +80,87 @@ def with_header(**changes):
     return [parts[0], json.dumps(header).encode(), *parts[2:]]
 
 
+def with_part(i, array):
+    """good() with payload part i (0 index, 1 times, 2 data) replaced, the header to match."""
+    parts = good()
+    header = json.loads(bytes(parts[1]))
+    header["arrays"][i] = {"dtype": array.dtype.name, "shape": list(array.shape)}
+    parts[2 + i] = array.tobytes()
+    return [parts[0], json.dumps(header).encode(), *parts[2:]]
+
+
+INDEX = np.array([[0, 7, 3], [1, 0, 0], [0, 8, 4]], np.int64)
+TIMES = np.array([[0.12, 1.0], [np.nan, 1.0], [0.16, 1.0]])
+SPEC = {"dtype": "uint8", "shape": [3, 2, 2, 3]}
+
 MALFORMED = [
     ("one part", lambda: [b"s"], "part"),
     ("header not JSON", lambda: [b"s", b"\xff{", b""], "not JSON"),
     ("header not an object", lambda: [b"s", b"[1]"], "not a JSON object"),
     ("wrong version", lambda: with_header(v=99), "wire version"),
+    ("version 1", lambda: with_header(v=1), "wire version"),
     ("no version", lambda: with_header(v=None), "wire version"),
     ("unknown kind", lambda: with_header(kind="bogus"), "unknown kind"),
     ("topic mismatch", lambda: [b"other", *good()[1:]], "does not match"),
     ("negative seq", lambda: with_header(seq=-1), "negative"),
     ("seq not int", lambda: with_header(seq="1"), "wrong type"),
-    ("missing payload", lambda: good()[:2], "announces 1"),
-    ("bad dtype", lambda: with_header(arrays=[{"dtype": "object", "shape": [2, 2, 3]}]), "dtype"),
-    ("bad shape", lambda: with_header(arrays=[{"dtype": "uint8", "shape": [-2]}]), "shape"),
+    ("missing payload", lambda: good()[:4], "announces 3"),
+    (
+        "bad dtype",
+        lambda: with_header(
+            arrays=[*json.loads(bytes(good()[1]))["arrays"][:2], {"dtype": "object", "shape": [3]}]
+        ),
+        "dtype",
+    ),
+    (
+        "bad shape",
+        lambda: with_header(
+            arrays=[*json.loads(bytes(good()[1]))["arrays"][:2], {"dtype": "uint8", "shape": [-2]}]
+        ),
+        "shape",
+    ),
     (
         "size mismatch",
-        lambda: with_header(arrays=[{"dtype": "uint8", "shape": [3, 3, 3]}]),
+        lambda: with_header(
+            arrays=[
+                *json.loads(bytes(good()[1]))["arrays"][:2],
+                {"dtype": "uint8", "shape": [3, 3, 3, 3]},
+            ]
+        ),
         "bytes",
     ),
-    ("no frame_index", lambda: with_header(frame_index=None), "frame_index"),
-    ("pts not a number", lambda: with_header(pts="soon"), "pts"),
+    ("no streams", lambda: with_header(streams=None), "streams"),
+    ("streams not strings", lambda: with_header(streams=["cam1", 2]), "streams"),
+    ("streams repeat", lambda: with_header(streams=["cam1", "cam1"]), "distinct"),
+    ("stream number out of range", lambda: with_header(streams=["cam1"]), "stream number"),
+    ("index not int64", lambda: with_part(0, INDEX.astype(np.int32)), "index"),
+    ("index of the wrong width", lambda: with_part(0, INDEX[:, :2].copy()), "index"),
+    ("negative frame index", lambda: with_part(0, INDEX * np.array([1, 1, -1])), "negative"),
+    ("times of another length", lambda: with_part(1, TIMES[:2].copy()), "times"),
+    (
+        "capture time not finite",
+        lambda: with_part(1, TIMES * np.array([1, np.nan])),
+        "capture time",
+    ),
+    ("infinite pts", lambda: with_part(1, TIMES + np.array([np.inf, 0])), "infinite pts"),
+    ("data of another length", lambda: with_part(2, np.zeros((2, 2, 2, 3), np.uint8)), "data"),
+    (
+        "no index",
+        lambda: (
+            with_header(arrays=[SPEC])
+            and [
+                good()[0],
+                json.dumps({**json.loads(bytes(good()[1])), "arrays": [SPEC]}).encode(),
+                good()[4],
+            ]
+        ),
+        "index, times and data",
+    ),
     (
         "eos without count",
         lambda: [
             b"s",
-            json.dumps({"v": 1, "kind": "eos", "stream": "s", "seq": 0, "arrays": []}).encode(),
+            json.dumps({"v": 2, "kind": "eos", "stream": "s", "seq": 0, "arrays": []}).encode(),
         ],
         "count",
     ),
@@ -109,7 +192,7 @@ def test_result_records_follow_the_published_schema():
     record = messages.result_record(
         "cam1",
         "rtsp://u:p@h/x",
-        frame_meta(),
+        {"frame_index": 3, "pts": 0.12, "capture_ts": 1700000000.5},
         [{"class_id": 281, "label": "tabby", "score": 0.9}],
         "resnet50",
         "INT8",

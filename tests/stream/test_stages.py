@@ -25,7 +25,17 @@ META = {"frame_index": 0, "pts": 0.0, "capture_ts": 1700000000.0}
 
 
 def frame_msg(seq, image, kind=messages.FRAME, stream="s", **meta):
-    return messages.encode(kind, stream, seq, {**META, "frame_index": seq, **meta}, [image])
+    """A data message of one frame."""
+    batch = messages.Batch.single(stream, seq, seq, 0.04 * seq, META["capture_ts"], image)
+    return messages.encode_batch(kind, batch, meta)
+
+
+def batch_msg(seqs, image, kind, stream="s"):
+    """A data message of several frames of one stream."""
+    batch = messages.Batch.join(
+        [messages.Batch.single(stream, s, s, 0.04 * s, META["capture_ts"], image) for s in seqs]
+    )
+    return messages.encode_batch(kind, batch)
 
 
 def eos(count, stream="s"):
@@ -64,9 +74,10 @@ def infer_case(model, tmp_path):
         frame_msg(1, np.zeros((200, 200, 3), np.uint8), messages.TENSOR),  # wrong size
         frame_msg(2, good, messages.FRAME),  # wrong kind for this link
         frame_msg(3, good, messages.TENSOR),
-        eos(4),
+        batch_msg([4, 5, 6], good, messages.TENSOR),  # one message, shared among requests
+        eos(7),
     ]
-    return stage, "tensors", "logits", inputs, 2, 5
+    return stage, "tensors", "logits", inputs, 5, 5
 
 
 def publish_case(model, tmp_path):
@@ -79,10 +90,11 @@ def publish_case(model, tmp_path):
         *GARBAGE,
         frame_msg(1, logits, messages.LOGITS),  # out of order: held until 0 arrives
         frame_msg(0, logits, messages.LOGITS),
-        frame_msg(0, logits, messages.LOGITS),  # duplicate
-        eos(2),
+        frame_msg(0, logits, messages.LOGITS),  # a copy: dropped and counted, not rejected
+        batch_msg([2, 3], np.ones(1000, np.float32), messages.LOGITS),
+        eos(4),
     ]
-    return stage, "logits", "sink", inputs, 2, 4
+    return stage, "logits", "sink", inputs, 4, 3
 
 
 @pytest.mark.parametrize(
@@ -114,12 +126,12 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
             for _ in range(expected_out):
                 topic, data = recv_within(out, 30)
                 received.append(json.loads(bytes(data.buffer)))
-            assert [r["frame_index"] for r in received] == [0, 1]
+            assert [r["frame_index"] for r in received] == [0, 1, 2, 3]
         else:
-            for _ in range(expected_out + 1):
+            while not received or received[-1].kind != messages.EOS:
                 received.append(messages.decode(recv_within(out, 30)))
-            assert [m.kind for m in received][-1] == messages.EOS
-            assert len([m for m in received if m.kind != messages.EOS]) == expected_out
+            frames = [row[:2] for m in received[:-1] for row in m.batch.rows()]
+            assert sorted(frames) == sorted(set(frames)) and len(frames) == expected_out
         final = None
         while final is None:
             msg = messages.decode(recv_within(control, 30))
@@ -129,6 +141,8 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
         assert proc.exitcode == 0
         assert final.meta["complete"] is True
         assert final.meta["stats"]["rejected"] == expected_rejected
+        if out_link == "sink":
+            assert final.meta["stats"]["duplicates"] == 1
     finally:
         if proc.is_alive():
             proc.kill()
