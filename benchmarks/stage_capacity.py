@@ -57,7 +57,11 @@ from stream.sources.spec import SourceSpec  # noqa: E402
 from stream.stages.base import Stage, stage_main  # noqa: E402
 from stream.stages.capture import CaptureConfig, CaptureStage  # noqa: E402
 from stream.stages.infer import InferConfig, InferStage  # noqa: E402
-from stream.stages.preprocess import PreprocessConfig, PreprocessStage  # noqa: E402
+from stream.stages.preprocess import (  # noqa: E402
+    DEFAULT_MAX_BATCH,
+    PreprocessConfig,
+    PreprocessStage,
+)
 from stream.stages.publish import PublishConfig, PublishStage  # noqa: E402
 from stream.wire import messages  # noqa: E402
 from stream.wire.transport import LINKS, TransportConfig  # noqa: E402
@@ -220,10 +224,11 @@ class Driver:
             raise RuntimeError(f"{name} exited with {proc.exitcode}")
 
     def sink(
-        self, link: str, frames: int, parts_per_frame: int, pid: int | None
+        self, link: str, frames: int, records: bool, pid: int | None
     ) -> tuple[int, list[tuple[int, float, float]]]:
         """Count the frames coming out on `link` until the end marker; (frames, marks of
-        (count, time, the stage's CPU s) at 10 % of the frames and at the last)."""
+        (count, time, the stage's CPU s) at 10 % of the frames and at the last). `records`: the
+        link carries result records (publish's sink), else data messages (batches)."""
         sock = self._socket(zmq.PULL, link, bind=True, hwm=1000)
         first = max(1, frames // 10)
         marks: list[tuple[int, float, float]] = []
@@ -233,23 +238,35 @@ class Driver:
                 if not sock.poll(int(TIMEOUT_S * 1000), zmq.POLLIN):
                     raise RuntimeError(f"nothing on {link} for {TIMEOUT_S:.0f} s ({count} frames)")
                 parts = sock.recv_multipart(copy=False)
-                if len(parts) != parts_per_frame:
-                    break  # the end of stream (or publish's end report on the sink)
-                count += 1
-                if count in (first, frames):
-                    marks.append((count, time.perf_counter(), cpu_seconds(pid) if pid else 0.0))
+                if records:
+                    if len(parts) != 2:
+                        break  # publish's end report on the sink
+                    count += 1
+                else:
+                    msg = messages.decode(parts)
+                    if msg.batch is None:
+                        break  # the end of stream
+                    count += len(msg.batch)
+                for mark in (first, frames):
+                    if count >= mark and len(marks) < (1 if mark == first else 2):
+                        marks.append((count, time.perf_counter(), cpu_seconds(pid) if pid else 0))
         finally:
             sock.close()
         return count, marks
 
-    def feed(self, link: str, kind: str, payload: np.ndarray, frames: int) -> threading.Thread:
-        """Push `frames` pre-encoded messages and an end of stream, in a thread (as fast as the
-        stage takes them: the stage's HWM is the backpressure)."""
-        meta = {"frame_index": 0, "pts": 0.0, "capture_ts": time.time(), "prepared": True}
-        encoded = [
-            messages.encode(kind, STREAM, seq, {**meta, "frame_index": seq}, [payload])
-            for seq in range(frames)
-        ]
+    def feed(
+        self, link: str, kind: str, payload: np.ndarray, frames: int, batch: int
+    ) -> threading.Thread:
+        """Push `frames` frames in pre-encoded messages of `batch` frames and an end of stream,
+        in a thread (as fast as the stage takes them: the stage's HWM is the backpressure)."""
+        now = time.time()
+        encoded = []
+        for start in range(0, frames, batch):
+            seqs = range(start, min(frames, start + batch))
+            one = [messages.Batch.single(STREAM, s, s, s / 25.0, now, payload) for s in seqs]
+            encoded.append(
+                messages.encode_batch(kind, messages.Batch.join(one), {"prepared": True})
+            )
         encoded.append(messages.encode(messages.EOS, STREAM, frames, {"count": frames}))
         sock = self._socket(zmq.PUSH, link, bind=False, hwm=4)
 
@@ -274,7 +291,7 @@ def rate(stage: str, count: int, marks: list[tuple[int, float, float]]) -> Capac
 
 
 def measure_stage(
-    name: str, model: Path, frames: int, cpu: int, workdir: Path, geometry: Geometry
+    name: str, model: Path, frames: int, cpu: int, workdir: Path, geometry: Geometry, batch: int
 ) -> Capacity:
     """Run one stage alone on core `cpu` and measure it."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
@@ -289,7 +306,7 @@ def measure_stage(
                 target=capture_send_loop, args=(endpoints, frames, cpu, results, geometry)
             )
             proc.start()
-            count, _ = driver.sink("frames", frames, 3, None)
+            count, _ = driver.sink("frames", frames, False, None)
             marks = results.get(timeout=TIMEOUT_S)
             proc.join(30)
             if proc.exitcode != 0:
@@ -297,27 +314,33 @@ def measure_stage(
             return rate(name, count, marks)
         transport = TransportConfig()
         stage: Stage
+        # What each stage receives in a loaded pipeline: preprocess, one frame a message from
+        # each capture; infer and publish, batches of up to max_batch frames.
         if name == "preprocess":
-            stage = PreprocessStage(PreprocessConfig([STREAM], geometry), transport, endpoints)
-            links, kind, payload, out_parts = ("frames", "tensors"), messages.FRAME, image, 3
+            stage = PreprocessStage(
+                PreprocessConfig([STREAM], geometry, batch), transport, endpoints
+            )
+            links, kind, payload, fed = ("frames", "tensors"), messages.FRAME, image, 1
         elif name == "infer":
-            stage = InferStage(InferConfig(str(model), [STREAM]), transport, endpoints)
-            links, kind, payload, out_parts = ("tensors", "logits"), messages.TENSOR, image, 3
+            stage = InferStage(
+                InferConfig(str(model), [STREAM], max_batch=batch), transport, endpoints
+            )
+            links, kind, payload, fed = ("tensors", "logits"), messages.TENSOR, image, batch
         elif name == "publish":
             config = PublishConfig(
                 str(model), {STREAM: "synthetic.mp4"}, publish=endpoints["pub"], sink=True
             )
             stage = PublishStage(config, transport, endpoints)
             logits = np.random.default_rng(0).standard_normal(CLASSES).astype(np.float32)
-            links, kind, payload, out_parts = ("logits", "sink"), messages.LOGITS, logits, 2
+            links, kind, payload, fed = ("logits", "sink"), messages.LOGITS, logits, batch
         else:
             raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
         proc = spawn.Process(target=pinned_stage_main, args=(stage, cpu))
         proc.start()
         try:
             driver.wait_ready()
-            feeder = driver.feed(links[0], kind, payload, frames)
-            count, marks = driver.sink(links[1], frames, out_parts, proc.pid)
+            feeder = driver.feed(links[0], kind, payload, frames, fed)
+            count, marks = driver.sink(links[1], frames, name == "publish", proc.pid)
             feeder.join(TIMEOUT_S)
             driver.finish(stage.name, proc)
         finally:
@@ -341,22 +364,30 @@ def per_call_us(step: Any, seconds: float = 0.3) -> float:
     return elapsed * 1e6 / n
 
 
-def pieces(model: Path, cpu: int, workdir: Path) -> dict[str, float]:
+def pieces(model: Path, cpu: int, workdir: Path, batch: int) -> dict[str, float]:
     """Where a stage's per-frame CPU goes: the pieces it runs for every frame, timed alone in
     this process pinned to the stages' core (µs per call; wall time, so only indicative)."""
     from stream.stages.base import StreamTracker
-    from stream.stages.publish import make_record
+    from stream.stages.publish import make_records
 
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
     try:
         info = load_info(model)
         image = np.zeros((info.geometry.height, info.geometry.width, 3), np.uint8)
-        logits = np.random.default_rng(0).standard_normal(CLASSES).astype(np.float32)
-        meta = {"frame_index": 1, "pts": 0.04, "capture_ts": time.time(), "prepared": True}
-        frame_parts = messages.encode(messages.FRAME, STREAM, 1, meta, [image])
+        logits = np.random.default_rng(0).standard_normal((batch, CLASSES)).astype(np.float32)
+        now = time.time()
+
+        def one(seq: int, data: np.ndarray) -> messages.Batch:
+            return messages.Batch.single(STREAM, seq, seq, seq / 25.0, now, data)
+
+        frame_parts = messages.encode_batch(messages.FRAME, one(1, image), {"prepared": True})
         frame_bytes = [bytes(p) for p in frame_parts]
-        logits_msg = messages.decode(messages.encode(messages.LOGITS, STREAM, 1, meta, [logits]))
+        frames = messages.Batch.join([one(s, image) for s in range(batch)])
+        logits_batch = frames.with_data(logits)
+        logits_msg = messages.decode(messages.encode_batch(messages.LOGITS, logits_batch))
+        sources = {STREAM: "synthetic.mp4"}
+        labels = info.labels
         tracker = StreamTracker([STREAM], ordered=False)
         ctx = zmq.Context()
         try:
@@ -364,25 +395,40 @@ def pieces(model: Path, cpu: int, workdir: Path) -> dict[str, float]:
             pull.bind(f"ipc://{workdir}/pieces.sock")
             push = ctx.socket(zmq.PUSH)
             push.connect(f"ipc://{workdir}/pieces.sock")
+            batch_parts = messages.encode_batch(messages.TENSOR, frames)
 
-            def hop() -> None:
-                push.send_multipart(frame_parts, copy=False)
-                pull.recv_multipart(copy=False)
+            def hop(parts: list[Any]) -> Any:
+                def step() -> None:
+                    push.send_multipart(parts, copy=False)
+                    pull.recv_multipart(copy=False)
 
-            record = make_record(logits_msg, "synthetic.mp4", info.labels, 5, "trivial", "FP32")
+                return step
+
+            [(_, _, record)] = make_records(
+                logits_msg.batch.take(0, 1), sources, labels, 5, "t", "FP32"
+            )
+            per_frame = 1.0 / batch
             return {
-                "messages.encode (frame header)": per_call_us(
-                    lambda: messages.encode(messages.FRAME, STREAM, 1, meta, [image])
+                "capture: encode_batch (one frame)": per_call_us(
+                    lambda: messages.encode_batch(messages.FRAME, one(1, image), {"prepared": True})
                 ),
-                "messages.decode (frame)": per_call_us(lambda: messages.decode(frame_bytes)),
-                "StreamTracker.check": per_call_us(lambda: tracker.check(logits_msg)),
-                "one ZeroMQ ipc hop (send + receive, 150 KB, zero-copy)": per_call_us(hop),
-                "publish: make_record (top-5 of 1000, softmax)": per_call_us(
-                    lambda: make_record(
-                        logits_msg, "synthetic.mp4", info.labels, 5, "trivial", "FP32"
-                    )
+                "preprocess: decode (one frame)": per_call_us(lambda: messages.decode(frame_bytes)),
+                f"preprocess: Batch.join of {batch} frames, per frame": per_frame
+                * per_call_us(lambda: messages.Batch.join([one(s, image) for s in range(batch)])),
+                "StreamTracker.check, per frame": per_frame
+                * per_call_us(lambda: tracker.check(logits_msg)),
+                "ZeroMQ ipc hop of one frame (send + receive, 150 KB, zero-copy)": per_call_us(
+                    hop(frame_parts)
                 ),
-                "publish: messages.dump_result": per_call_us(lambda: messages.dump_result(record)),
+                f"ZeroMQ ipc hop of a batch of {batch}, per frame": per_frame
+                * per_call_us(hop(batch_parts)),
+                f"publish: make_records (top-5 of 1000) in a batch of {batch}, per frame": per_frame
+                * per_call_us(
+                    lambda: make_records(logits_msg.batch, sources, labels, 5, "t", "FP32")
+                ),
+                "publish: messages.dump_result (orjson)": per_call_us(
+                    lambda: messages.dump_result(record)
+                ),
             }
         finally:
             ctx.destroy(linger=0)
@@ -390,12 +436,13 @@ def pieces(model: Path, cpu: int, workdir: Path) -> dict[str, float]:
         os.sched_setaffinity(0, before)
 
 
-def openvino_ms(model: Path, seconds: float) -> float:
-    """CPU ms per inference OpenVINO itself spends on the trivial IR (pure, this core)."""
+def openvino_ms(model: Path, seconds: float, batch: int) -> float:
+    """CPU ms per frame OpenVINO itself spends on the trivial IR in requests of `batch` frames
+    (pure, this core)."""
     info = load_info(model)
-    compiled = compile_model(info, "CPU", "throughput")
-    frame = np.zeros((info.geometry.height, info.geometry.width, 3), np.uint8)
-    return pure_throughput(compiled, frame, seconds, warmup_s=0.2).cpu_ms_per_frame
+    compiled = compile_model(info, "CPU", "throughput", max_batch=batch)
+    frames = np.zeros((batch, info.geometry.height, info.geometry.width, 3), np.uint8)
+    return pure_throughput(compiled, frames, seconds, warmup_s=0.2).cpu_ms_per_frame
 
 
 def table(results: list[Capacity], header: str, parts: dict[str, float] | None = None) -> str:
@@ -436,6 +483,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu", type=int, default=None, help="core to pin each stage to (default: the last one)"
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"max_batch of the stages, and the frames per message fed to infer and publish"
+        f" (default {DEFAULT_MAX_BATCH}, what a loaded pipeline sends them)",
+    )
     parser.add_argument("--workdir", default=None, help="folder for sockets and the trivial IR")
     parser.add_argument("--output", help="also write the table here (e.g. benchmarks/results/...)")
     parser.add_argument("--json", help="also write the figures as JSON here")
@@ -459,18 +513,19 @@ def main(argv: list[str] | None = None) -> int:
     name = ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
     header = (
         f"stage capacity: one process per stage pinned to core {cpu} of {len(allowed)}"
-        f" ({name}), driver on {sorted(others)}; {args.frames} frames per stage; OpenVINO"
+        f" ({name}), driver on {sorted(others)}; {args.frames} frames per stage, batches of"
+        f" {args.batch}; OpenVINO"
         f" {ov.__version__}; {platform.platform()}; load average {os.getloadavg()[0]:.2f}"
     )
     print(header, flush=True)
     results = []
     for stage in stages:
-        result = measure_stage(stage, model, args.frames, cpu, workdir, geometry)
+        result = measure_stage(stage, model, args.frames, cpu, workdir, geometry, args.batch)
         if stage == "infer":
-            result.openvino_ms = openvino_ms(model, 2.0)
+            result.openvino_ms = openvino_ms(model, 2.0, args.batch)
         results.append(result)
         print(json.dumps({**asdict(result), "capacity": result.capacity}), flush=True)
-    parts = pieces(model, cpu, workdir)
+    parts = pieces(model, cpu, workdir, args.batch)
     text = table(results, header, parts)
     print("\n" + text, end="")
     if args.output:

@@ -59,30 +59,32 @@ class PureThroughput:
 def pure_throughput(
     compiled: Any, frame: np.ndarray, seconds: float, warmup_s: float = WARMUP_S
 ) -> PureThroughput:
-    """Run `compiled` (THROUGHPUT hint) on `frame` (H, W, C; batch 1) for `seconds`."""
+    """Run `compiled` (THROUGHPUT hint) on `frame` (H, W, C: batch 1; or N, H, W, C: a batch
+    of N a request) for `seconds`."""
     import openvino as ov
 
     nreq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     queue = ov.AsyncInferQueue(compiled, nreq)
-    batch = np.ascontiguousarray(frame[None])
+    batch = np.ascontiguousarray(frame if frame.ndim == 4 else frame[None])
     for request in queue:  # each request its own input, filled once
         request.set_input_tensor(0, ov.Tensor(batch.copy()))
     warm_until = time.perf_counter() + warmup_s
     while time.perf_counter() < warm_until:
         queue.start_async()
     queue.wait_all()
-    frames = 0
+    requests = 0
     cpu0 = process_cpu_s()
     start = time.perf_counter()
     elapsed = 0.0
     # Like benchmark_app: run for `seconds`, then finish the round so every request ran as often.
-    while elapsed < seconds or frames % nreq:
+    while elapsed < seconds or requests % nreq:
         queue.start_async()  # waits for an idle request when all are busy
-        frames += 1
+        requests += 1
         elapsed = time.perf_counter() - start
     queue.wait_all()
     elapsed = time.perf_counter() - start
     cpu = process_cpu_s() - cpu0
+    frames = requests * batch.shape[0]
     return PureThroughput(frames / elapsed, nreq, frames, elapsed, cpu * 1e3 / frames)
 
 

@@ -34,6 +34,7 @@ from stream.model import load_info
 from stream.ops.metrics import parse_address
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError, SourceReport
 from stream.sources.spec import SourceSpec
+from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.stages.publish import DEFAULT_PUBLISH
 from stream.wire.transport import TransportConfig
 
@@ -72,6 +73,8 @@ class BatchConfig:
     """Classes per result."""
     requests: int = 0
     """Infer requests in flight; 0 = the device's optimal number."""
+    max_batch: int = DEFAULT_MAX_BATCH
+    """Frames one inference request takes at most (see PipelineConfig.max_batch)."""
     decoder_threads: str = "AUTO"
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
     transport: TransportConfig = field(default_factory=TransportConfig)
@@ -319,6 +322,7 @@ class _Run:
             mode=cfg.mode,
             topk=cfg.topk,
             requests=cfg.requests,
+            max_batch=cfg.max_batch,
             decoder_threads=cfg.decoder_threads,
             transport=cfg.transport,
             jobs=cfg.max_jobs,

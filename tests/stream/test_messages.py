@@ -136,6 +136,7 @@ MALFORMED = [
     ("index not int64", lambda: with_part(0, INDEX.astype(np.int32)), "index"),
     ("index of the wrong width", lambda: with_part(0, INDEX[:, :2].copy()), "index"),
     ("negative frame index", lambda: with_part(0, INDEX * np.array([1, 1, -1])), "negative"),
+    ("negative stream number", lambda: with_part(0, INDEX * np.array([-1, 1, 1])), "negative"),
     ("times of another length", lambda: with_part(1, TIMES[:2].copy()), "times"),
     (
         "capture time not finite",
