@@ -1,4 +1,5 @@
-"""Infer stage: OpenVINO in THROUGHPUT mode with an AsyncInferQueue of the optimal size.
+"""Infer stage: OpenVINO in THROUGHPUT mode with an AsyncInferQueue of the optimal size, and
+optionally remote workers (`--workers`) that run the same model on other machines.
 
 Frames arrive in batches (TENSOR messages of whatever preprocess found waiting) and are queued
 here; whenever requests are free, the queued frames are shared among them, each request taking
@@ -7,27 +8,25 @@ up to `max_batch` frames as one inference on the IR's dynamic batch axis. Shared
 waits for a batch to fill and a live source's latency does not grow. The queue holds at most
 `max_batch` frames beyond the requests in flight; the socket in front of it is the backpressure.
 
-OpenVINO's callback threads copy each request's outputs (the request is reused right after) onto
-a deque and wake the main thread through a pipe, which the ZeroMQ poller watches next to the
-input socket; the main thread sends each finished request's outputs on as one LOGITS message.
-Results leave in completion order; publish puts them back in frame order. An end of stream is
-passed on only once its stream has no frame queued or in flight, so it always follows the
-stream's last result.
+A request is a local one (stream/inference.py `LocalRequests`) or a free request of a remote
+worker (stream/remote/dispatch.py `RemoteWorkers`, handed out by credit); a batch goes to whichever
+is free, local first. A worker's batches come back here when it dies and run again elsewhere.
+
+Results leave in completion order, one LOGITS message per request; publish puts them back in
+frame order. An end of stream is passed on only once its stream has no frame queued or in flight,
+so it always follows the stream's last result.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
+from stream.inference import FrameQueue, LocalRequests, captured_stderr
 from stream.model import compile_model, load_info
 from stream.stages.base import Stage, StreamTracker
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
@@ -55,24 +54,14 @@ class InferConfig:
     """Performance hint: `throughput` (default) or `latency` (lowest delay per frame)."""
     max_batch: int = DEFAULT_MAX_BATCH
     """Frames per inference request at most; 1 = one frame a request."""
-
-
-@contextlib.contextmanager
-def captured_stderr() -> Iterator[None]:
-    """Keep native libraries' noise on fd 2 (frontend probing of a broken file) off the terminal;
-    what they printed goes to the debug log."""
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            noise = sink.read().decode(errors="replace").strip()
-            if noise:
-                log.debug("OpenVINO said on stderr:\n%s", noise)
+    workers: str | None = None
+    """Endpoint to bind for remote workers (`tcp://ADDR:PORT`); None = local inference only."""
+    local: bool = True
+    """Run inference here too; False = only on remote workers (needs `workers`)."""
+    worker_timeout_s: float = 5.0
+    """A worker silent this long is dropped and its frames run elsewhere."""
+    keys: str | None = None
+    """Folder made by `ovstream keys`: CURVE on the worker link; None = plain tcp."""
 
 
 class InferStage(Stage):
@@ -87,35 +76,24 @@ class InferStage(Stage):
         self.config = config
         self._in: zmq.Socket | None = None
         self._out: zmq.Socket | None = None
-        self._queue: Any = None
-        self._pipe: tuple[int, int] | None = None
+        self._local: LocalRequests | None = None
+        self._remote: Any = None
+        self._auth: Any = None
 
     def run(self) -> None:
-        import openvino as ov
-
         cfg = self.config
         info = load_info(cfg.model)
-        with captured_stderr():  # a broken IR makes the frontends print; compile_model says why
-            compiled = compile_model(
-                info, cfg.device, cfg.mode, cfg.ov_config, max_batch=max(1, cfg.max_batch)
-            )
-        nreq = cfg.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._queue = ov.AsyncInferQueue(compiled, nreq)
-        done: collections.deque = collections.deque()
-        rfd, wfd = os.pipe()
-        os.set_blocking(rfd, False)
-        self._pipe = (rfd, wfd)
-
-        def on_done(request: Any, chunk: messages.Batch) -> None:
-            # Runs on an OpenVINO thread: copy now, the request is reused for the next frames.
-            try:
-                out: Any = request.get_output_tensor(0).data.copy()
-            except Exception as exc:  # reported by the main thread, which owns the sockets
-                out = exc
-            done.append((chunk, out))
-            os.write(wfd, b"\0")
-
-        self._queue.set_callback(on_done)
+        max_batch = max(1, cfg.max_batch)
+        nreq = 0
+        if cfg.local:
+            with captured_stderr():  # a broken IR makes the frontends print; compile_model says
+                compiled = compile_model(
+                    info, cfg.device, cfg.mode, cfg.ov_config, max_batch=max_batch
+                )
+            nreq = cfg.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._local = LocalRequests(compiled, nreq)
+        if cfg.workers:
+            self._remote = self._open_workers(info, max_batch)
         self._in = self.socket(zmq.PULL, "tensors", bind=True)
         self._out = self.socket(zmq.PUSH, "logits", bind=False)
         self.report(messages.READY, requests=nreq, device=cfg.device, precision=info.precision)
@@ -129,17 +107,19 @@ class InferStage(Stage):
             problem = info.geometry.input_problem(msg.batch.data, batched=True)
             return f"tensors of {', '.join(msg.batch.streams)}: {problem}" if problem else None
 
-        queued = FrameQueue()
-        pending: collections.Counter[str] = collections.Counter()  # queued or in flight
-        held_eos: dict[str, messages.Message] = {}
-        inflight = 0  # requests
-        max_batch = max(1, cfg.max_batch)
+        local, remote = self._local, self._remote
+        self._queued = queued = FrameQueue()
+        self._pending: collections.Counter[str] = collections.Counter()  # queued or in flight
+        self._held_eos: dict[str, messages.Message] = {}
         self.stats.update(frames=0, requests_done=0, inflight=0, requests=nreq, queued=0)
         poller = zmq.Poller()
-        poller.register(rfd, zmq.POLLIN)
+        if local is not None:
+            poller.register(local.fd, zmq.POLLIN)
+        if remote is not None:
+            poller.register(remote.sock, zmq.POLLIN)
         polling_input = False
         while not self.should_stop():
-            if tracker.done and inflight == 0 and not held_eos and not queued:
+            if tracker.done and not self._pending and not self._held_eos:
                 break
             want_input = len(queued) < max_batch
             if want_input != polling_input:
@@ -150,91 +130,106 @@ class InferStage(Stage):
                 polling_input = want_input
             events = dict(poller.poll(self.transport.io_timeout_ms))
             self.tick()
-            if rfd in events:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(rfd, 4096)
-            while done:
-                chunk, out = done.popleft()
-                inflight -= 1
-                if isinstance(out, Exception):
-                    raise RuntimeError(f"inference failed: {out}")
-                out = out.reshape(len(chunk), -1)
-                parts = messages.encode_batch(messages.LOGITS, chunk.with_data(out))
-                if not send(self._out, parts, self.should_stop):
+            finished = local.finished() if local is not None and local.fd in events else []
+            if remote is not None:
+                finished += remote.receive()
+                for chunk in remote.maintain():
+                    queued.put(chunk, front=True)
+                for problem in remote.rejected:
+                    self.reject(problem)
+                remote.rejected.clear()
+            for chunk, out in finished:
+                if not self._send_results(chunk, out):
                     return
-                self.stats["frames"] += len(chunk)
-                self.stats["requests_done"] += 1
-                pending.subtract(chunk.stream_ids())
-                for stream in chunk.streams:
-                    if pending[stream] == 0 and stream in held_eos:
-                        self._forward_eos(held_eos.pop(stream))
             if polling_input and self._in in events:
                 kinds = (messages.TENSOR, messages.EOS)
                 # timeout 0: the poller saw it ready
                 msg = self.receive_checked(self._in, 0, "tensors", kinds, tracker, check_input)
                 if msg is not None and msg.kind == messages.EOS:
                     self.eos_seen(msg)
-                    if pending[msg.stream] == 0:
+                    if self._pending[msg.stream] == 0:
                         self._forward_eos(msg)
                     else:
-                        held_eos[msg.stream] = msg
+                        self._held_eos[msg.stream] = msg
                 elif msg is not None:
                     assert msg.batch is not None
                     queued.put(msg.batch)
-                    pending.update(msg.batch.stream_ids())
-            while queued and inflight < nreq:
-                size = min(max_batch, -(-len(queued) // (nreq - inflight)))  # share, never wait
-                chunk = queued.take(size)
-                self._queue.start_async({0: chunk.data}, chunk, share_inputs=True)
-                inflight += 1
-            self.stats["inflight"] = inflight
-            self.stats["queued"] = len(queued)
+                    self._pending.update(msg.batch.stream_ids())
+            self._start(max_batch)
         self.complete = tracker.done
         self.tick(force=True)
+
+    def _start(self, max_batch: int) -> None:
+        """Share the queued frames among the free requests, local ones first."""
+        local, remote, queued = self._local, self._remote, self._queued
+        while queued:
+            local_free = local.free if local is not None else 0
+            free = local_free + (remote.free if remote is not None else 0)
+            if free <= 0:
+                break
+            chunk = queued.take(min(max_batch, -(-len(queued) // free)))  # share, never wait
+            if local_free > 0:
+                local.start(chunk)
+            elif not remote.dispatch(chunk):
+                queued.put(chunk, front=True)
+                break
+        self.stats["inflight"] = local.inflight if local is not None else 0
+        self.stats["queued"] = len(queued)
+        if remote is not None:
+            self.stats["workers"] = remote.stats()
+
+    def _send_results(self, chunk: messages.Batch, out: Any) -> bool:
+        parts = messages.encode_batch(messages.LOGITS, chunk.with_data(out))
+        if not send(self._out, parts, self.should_stop):
+            return False
+        self.stats["frames"] += len(chunk)
+        self.stats["requests_done"] += 1
+        self._pending.subtract(chunk.stream_ids())
+        for stream in chunk.streams:
+            if self._pending[stream] <= 0:
+                del self._pending[stream]
+                held = self._held_eos.pop(stream, None)
+                if held is not None:
+                    self._forward_eos(held)
+        return True
 
     def _forward_eos(self, msg: messages.Message) -> None:
         parts = messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta)
         assert self._out is not None
         send(self._out, parts, self.should_stop)
 
+    def _open_workers(self, info: Any, max_batch: int) -> Any:
+        """Bind the worker link (CURVE where keys are given) and start handing out work."""
+        from stream.remote.dispatch import RemoteWorkers
+        from stream.remote.identity import identity_mismatch, model_identity
+
+        cfg = self.config
+        sock = self.ctx.socket(zmq.ROUTER)
+        self._sockets.append(sock)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        if cfg.keys:
+            from stream.remote.security import secure_server
+
+            self._auth = secure_server(self.ctx, sock, cfg.keys)
+        try:
+            sock.bind(cfg.workers)
+        except zmq.ZMQError as exc:
+            from stream.wire.transport import bind_error
+
+            raise bind_error(cfg.workers, exc) from None
+        identity = model_identity(info)
+        return RemoteWorkers(sock, identity, max_batch, cfg.worker_timeout_s, identity_mismatch)
+
     def close(self) -> None:
-        if self._queue is not None:
-            self._queue.wait_all()
-            self._queue = None
-        if self._pipe is not None:
-            for fd in self._pipe:
-                os.close(fd)
-            self._pipe = None
-
-
-class FrameQueue:
-    """Frames waiting for a request, in arrival order, as the batches they came in."""
-
-    def __init__(self) -> None:
-        self._batches: collections.deque[messages.Batch] = collections.deque()
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def put(self, batch: messages.Batch) -> None:
-        self._batches.append(batch)
-        self._count += len(batch)
-
-    def take(self, size: int) -> messages.Batch:
-        """The next `size` frames (fewer if fewer wait): views of one batch, or a copy joining
-        the pieces of several."""
-        pieces = []
-        want = size
-        while want and self._batches:
-            head = self._batches[0]
-            if len(head) <= want:
-                pieces.append(self._batches.popleft())
-                want -= len(head)
-            else:
-                pieces.append(head.take(0, want))
-                self._batches[0] = head.take(want, len(head))
-                want = 0
-        chunk = messages.Batch.join(pieces)
-        self._count -= len(chunk)
-        return chunk
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None

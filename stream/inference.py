@@ -1,0 +1,137 @@
+"""Running batches on OpenVINO from a ZeroMQ event loop: shared by the infer stage and by
+remote workers (`ovstream worker`).
+
+`LocalRequests` wraps an AsyncInferQueue: OpenVINO's callback threads copy each request's outputs
+(the request is reused right after) onto a deque and wake the owner through a pipe, which its
+ZeroMQ poller watches next to its sockets. `FrameQueue` holds frames waiting for a request.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from stream.wire import messages
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[None]:
+    """Keep native libraries' noise on fd 2 (frontend probing of a broken file) off the terminal;
+    what they printed goes to the debug log."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            noise = sink.read().decode(errors="replace").strip()
+            if noise:
+                log.debug("OpenVINO said on stderr:\n%s", noise)
+
+
+class LocalRequests:
+    """`requests` OpenVINO infer requests, each running one batch at a time."""
+
+    def __init__(self, compiled: Any, requests: int) -> None:
+        import openvino as ov
+
+        self.requests = requests
+        self.inflight = 0
+        self._done: collections.deque = collections.deque()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        self._queue: Any = ov.AsyncInferQueue(compiled, requests)
+        done, wfd = self._done, self._wfd
+
+        def on_done(request: Any, chunk: messages.Batch) -> None:
+            # Runs on an OpenVINO thread: copy now, the request is reused for the next frames.
+            try:
+                out: Any = request.get_output_tensor(0).data.copy()
+            except Exception as exc:  # raised by finished(), on the owner's thread
+                out = exc
+            done.append((chunk, out))
+            os.write(wfd, b"\0")
+
+        self._queue.set_callback(on_done)
+
+    @property
+    def fd(self) -> int:
+        """Readable when a request finished (for a zmq.Poller)."""
+        return self._rfd
+
+    @property
+    def free(self) -> int:
+        return self.requests - self.inflight
+
+    def start(self, chunk: messages.Batch) -> None:
+        """Run `chunk` (its data: the model inputs [N, H, W, 3]) on a free request."""
+        self._queue.start_async({0: chunk.data}, chunk, share_inputs=True)
+        self.inflight += 1
+
+    def finished(self) -> list[tuple[messages.Batch, Any]]:
+        """(batch, outputs [N, classes]) of every request finished since the last call;
+        RuntimeError if an inference failed."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._rfd, 4096)
+        out = []
+        while self._done:
+            chunk, result = self._done.popleft()
+            self.inflight -= 1
+            if isinstance(result, Exception):
+                raise RuntimeError(f"inference failed: {result}")
+            out.append((chunk, result.reshape(len(chunk), -1)))
+        return out
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.wait_all()
+            self._queue = None
+            os.close(self._rfd)
+            os.close(self._wfd)
+
+
+class FrameQueue:
+    """Frames waiting for a request, in arrival order, as the batches they came in."""
+
+    def __init__(self) -> None:
+        self._batches: collections.deque[messages.Batch] = collections.deque()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, batch: messages.Batch, front: bool = False) -> None:
+        """Queue `batch` (`front`: before the others, e.g. a batch handed back by a worker)."""
+        if front:
+            self._batches.appendleft(batch)
+        else:
+            self._batches.append(batch)
+        self._count += len(batch)
+
+    def take(self, size: int) -> messages.Batch:
+        """The next `size` frames (fewer if fewer wait): views of one batch, or a copy joining
+        the pieces of several."""
+        pieces = []
+        want = size
+        while want and self._batches:
+            head = self._batches[0]
+            if len(head) <= want:
+                pieces.append(self._batches.popleft())
+                want -= len(head)
+            else:
+                pieces.append(head.take(0, want))
+                self._batches[0] = head.take(want, len(head))
+                want = 0
+        chunk = messages.Batch.join(pieces)
+        self._count -= len(chunk)
+        return chunk

@@ -1,0 +1,256 @@
+"""The head's side of remote infer workers: a ROUTER that hands batches out by credit.
+
+Workers (`ovstream worker`, stream/remote/worker.py) connect a DEALER to the endpoint the head
+binds (`--workers tcp://ADDR:PORT`). The infer stage owns a `RemoteWorkers` next to its own
+AsyncInferQueue and treats a worker's free requests like its own: a batch goes wherever a request
+is free. The conversation, every message in the wire format (stream/wire/messages.py), the
+worker's DEALER identity prepended by the ROUTER:
+
+    worker -> head   COMMAND hello {identity, name}        on connecting (and after a reset)
+    head -> worker   COMMAND welcome {max_batch}           the model matches: compile, then
+                     COMMAND refuse {reason}               it does not: the worker exits
+    worker -> head   COMMAND credit {requests}             how many requests it runs at once
+    head -> worker   TENSOR {chunk}                        one batch, one of the worker's credits
+    worker -> head   LOGITS {chunk}                        its outputs; the credit comes back
+    both ways        COMMAND heartbeat                     every HEARTBEAT_S when idle
+    worker -> head   COMMAND bye                           leaving: nothing of it is in flight
+    head -> worker   COMMAND reset                         "who are you?" (the head forgot you)
+
+Credit (the ZeroMQ Guide's load balancing): a worker is sent only as many batches as it has free
+requests, so a slow worker gets less and nothing piles up in a dead worker's queue. A worker that
+says nothing for `timeout_s` (no heartbeat, no result) is dropped and the batches it held are
+handed back to be run again elsewhere; if its results come later after all, they are dropped here
+and counted (`late`), so each frame still has exactly one result (publish drops any copy as well).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from stream.wire import messages
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+"""Both sides send a heartbeat when they sent nothing else for this long."""
+DEFAULT_WORKER_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Worker:
+    """What the head knows of one connected worker."""
+
+    route: bytes
+    name: str
+    credit: int = 0
+    """Requests free on the worker now."""
+    requests: int = 0
+    """Requests the worker runs at once (what it announced)."""
+    inflight: dict[int, messages.Batch] = field(default_factory=dict)
+    """Batches sent to it and not answered, by chunk id."""
+    last_heard: float = field(default_factory=time.monotonic)
+    last_sent: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    """Frames it has returned results for."""
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "inflight": sum(len(b) for b in self.inflight.values()),
+            "requests": self.requests,
+        }
+
+
+class RemoteWorkers:
+    """The ROUTER end of the worker link, inside the infer stage."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        identity: dict[str, Any],
+        max_batch: int,
+        timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
+        mismatch: Any = None,
+    ) -> None:
+        """`sock`: a bound ROUTER (CURVE already set up where asked); `identity`: the head's
+        model identity; `mismatch(head, worker) -> reason | None` compares identities."""
+        self.sock = sock
+        self.identity = identity
+        self.max_batch = max_batch
+        self.timeout_s = timeout_s
+        self._mismatch = mismatch
+        self.workers: dict[bytes, Worker] = {}
+        self._next_chunk = 0
+        self.counters = {"resent": 0, "late": 0, "refused": 0, "joined": 0, "lost": 0}
+        self.rejected: list[str] = []
+        """Why messages were rejected since the caller last emptied this list."""
+        self._requeue: list[messages.Batch] = []
+
+    # -- handing work out -----------------------------------------------------------------------
+
+    @property
+    def free(self) -> int:
+        """Batches the workers can take now."""
+        return sum(w.credit for w in self.workers.values())
+
+    def dispatch(self, chunk: messages.Batch) -> bool:
+        """Send `chunk` to the worker with the most free requests; False if none is free or it
+        could not be sent (the caller keeps the chunk)."""
+        best = max(self.workers.values(), key=lambda w: w.credit, default=None)
+        if best is None or best.credit <= 0:
+            return False
+        chunk_id = self._next_chunk
+        self._next_chunk += 1
+        parts = messages.encode_batch(messages.TENSOR, chunk, {"chunk": chunk_id})
+        try:
+            self.sock.send_multipart([best.route, *parts], copy=False, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # gone (ROUTER_MANDATORY) or its queue is full
+            log.debug("workers: could not send to %s: %s", best.name, exc)
+            return False
+        best.credit -= 1
+        best.inflight[chunk_id] = chunk
+        best.last_sent = time.monotonic()
+        return True
+
+    # -- what comes back --------------------------------------------------------------------------
+
+    def receive(self) -> list[tuple[messages.Batch, Any]]:
+        """Handle every message waiting on the socket; returns (batch, outputs) of each answered
+        chunk."""
+        results: list[tuple[messages.Batch, Any]] = []
+        while True:
+            try:
+                frames = self.sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return results
+            if len(frames) < 2:
+                continue
+            route = bytes(frames[0].buffer)
+            try:
+                msg = messages.decode(frames[1:])
+            except messages.MessageError as exc:
+                self.rejected.append(f"worker link: {exc}")
+                continue
+            worker = self.workers.get(route)
+            if worker is not None:
+                worker.last_heard = time.monotonic()
+            if msg.kind == messages.COMMAND:
+                self._command(route, worker, msg)
+            elif msg.kind == messages.LOGITS and worker is not None:
+                done = self._result(worker, msg)
+                if done is not None:
+                    results.append(done)
+            elif worker is None:
+                self._send(route, "reset")
+            else:
+                self.rejected.append(f"worker link: unexpected {msg.kind} from {worker.name}")
+
+    def _command(self, route: bytes, worker: Worker | None, msg: messages.Message) -> None:
+        what = msg.meta.get("command")
+        if what == "hello":
+            self._hello(route, worker, msg.meta)
+        elif worker is None:
+            if what != "bye":
+                self._send(route, "reset")
+        elif what == "credit":
+            requests = msg.meta.get("requests")
+            if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+                self.rejected.append(f"worker {worker.name}: bad credit {requests!r}")
+                return
+            worker.requests = requests
+            worker.credit = requests - len(worker.inflight)
+        elif what == "bye":
+            self._drop(worker, "left")
+        elif what != "heartbeat":
+            self.rejected.append(f"worker {worker.name}: unknown command {what!r}")
+
+    def _hello(self, route: bytes, old: Worker | None, meta: dict[str, Any]) -> None:
+        name = str(meta.get("name") or route.hex())[:64]
+        if old is not None:  # it started again under the same identity: what it held is lost
+            self._drop(old, "said hello again")
+        identity = meta.get("identity")
+        reason = (
+            "no model identity"
+            if not isinstance(identity, dict)
+            else self._mismatch(self.identity, identity)
+            if self._mismatch
+            else None
+        )
+        if reason:
+            self.counters["refused"] += 1
+            log.warning("workers: refused %s: %s", name, reason)
+            self._send(route, "refuse", reason=reason)
+            return
+        self.workers[route] = Worker(route, name)
+        self.counters["joined"] += 1
+        log.info("workers: %s joined", name)
+        self._send(route, "welcome", max_batch=self.max_batch)
+
+    def _result(self, worker: Worker, msg: messages.Message) -> tuple[messages.Batch, Any] | None:
+        chunk_id = msg.meta.get("chunk")
+        chunk = worker.inflight.pop(chunk_id, None) if isinstance(chunk_id, int) else None
+        if chunk is None:
+            self.counters["late"] += 1  # already handed to another worker: that copy counts
+            return None
+        worker.credit += 1
+        assert msg.batch is not None
+        if len(msg.batch) != len(chunk) or msg.batch.data.ndim != 2:
+            self.rejected.append(f"worker {worker.name}: {msg.batch.data.shape} for {len(chunk)}")
+            self._requeue.append(chunk)
+            return None
+        worker.frames += len(chunk)
+        return chunk, msg.batch.data
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def maintain(self) -> list[messages.Batch]:
+        """Heartbeats out, dead workers dropped; returns the batches to run again elsewhere."""
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if now - worker.last_heard > self.timeout_s:
+                self._drop(worker, f"silent for {self.timeout_s:g} s")
+            elif now - worker.last_sent >= HEARTBEAT_S:
+                self._send(worker.route, "heartbeat")
+        again, self._requeue = self._requeue, []
+        return again
+
+    def _drop(self, worker: Worker, why: str) -> None:
+        self.workers.pop(worker.route, None)
+        held = list(worker.inflight.values())
+        if held:
+            frames = sum(len(b) for b in held)
+            self.counters["resent"] += frames
+            log.warning(
+                "workers: %s %s; %d frame(s) it held go to others", worker.name, why, frames
+            )
+        else:
+            log.info("workers: %s %s", worker.name, why)
+        self.counters["lost"] += why != "left"
+        self._requeue = [*self._requeue, *held]
+
+    def _send(self, route: bytes, command: str, **meta: Any) -> None:
+        parts = messages.encode(messages.COMMAND, "head", 0, {"command": command, **meta})
+        try:
+            self.sock.send_multipart([route, *parts], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        worker = self.workers.get(route)
+        if worker is not None:
+            worker.last_sent = time.monotonic()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "connected": len(self.workers),
+            "per_worker": {w.name: w.stats() for w in self.workers.values()},
+        }
+
+    def close(self) -> None:
+        """Tell every worker the run is over (it goes back to saying hello)."""
+        for worker in list(self.workers.values()):
+            self._send(worker.route, "reset")
