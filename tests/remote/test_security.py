@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import zmq
+from zmq.utils import z85
 
 from stream.errors import UserError
 from stream.remote.security import (
@@ -182,3 +183,22 @@ def test_two_authenticators_on_one_context_is_a_clear_error(head_keys, zctx):
         pytest.raises(UserError, match="cannot start the ZAP authenticator"),
     ):
         Authenticator(zctx, head_keys / "authorized").start()
+
+
+def test_reload_accepts_a_key_added_to_authorized(head_keys, tmp_path, zctx):
+    other = make_keys(tmp_path / "other")
+    key = load_client_keys(other).public
+
+    def ask(request_id: bytes) -> bytes:
+        req.send_multipart([b"1.0", request_id, b"", b"10.0.0.9", b"", b"CURVE", z85.decode(key)])
+        return recv_within(req, 10)[2].bytes
+
+    with Authenticator(zctx, head_keys / "authorized") as auth:
+        req = zctx.socket(zmq.REQ)
+        req.linger = 0
+        req.connect("inproc://zeromq.zap.01")
+        assert ask(b"1") == b"400"
+        shutil.copy(other / "clients" / "worker.key", head_keys / "authorized" / "other.key")
+        assert auth.reload() == 2
+        assert ask(b"2") == b"200"
+        assert auth.accepted == 1 and auth.refused == 1
