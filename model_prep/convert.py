@@ -10,6 +10,7 @@ from openvino.preprocess import ColorFormat, PrePostProcessor
 
 from stream.errors import UserError, first_line
 from stream.model import ModelInfo
+from stream.remote.identity import record_digests
 
 _COLOR = {"BGR": ColorFormat.BGR, "RGB": ColorFormat.RGB}
 
@@ -43,8 +44,10 @@ def to_openvino(onnx_path: Path, normalization: dict[str, Any]) -> ov.Model:
 
 
 def save_precision(model: ov.Model, folder: Path, info: ModelInfo, fp16: bool) -> Path:
-    """Write model.xml/.bin (weights compressed to FP16 or kept FP32) and model.json."""
+    """Write model.xml/.bin (weights compressed to FP16 or kept FP32) and model.json, which
+    records their sha256 (`files`: the model's identity for remote workers)."""
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=fp16)
     info.save(folder)
+    record_digests(folder)
     return folder

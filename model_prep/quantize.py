@@ -20,6 +20,7 @@ import numpy as np
 from model_prep import media
 from stream.errors import UserError, first_line
 from stream.model import ModelInfo, load_info
+from stream.remote.identity import record_digests
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ def quantize_folder(folder: Path, calib: list[Path], options: QuantizeOptions) -
             }
         )
         out.save(stage)
+        record_digests(stage)
         size = folder_size_mb(stage)
     fp32_size = folder_size_mb(folder / "fp32")
     return {

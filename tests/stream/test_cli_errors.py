@@ -38,7 +38,8 @@ USAGE_ERRORS = [
     (
         ["launch"],
         "ovstream: error: argument COMMAND: invalid choice: 'launch' "
-        "(choose from 'classify', 'run', 'batch', 'subscribe') (see ovstream --help)",
+        "(choose from 'classify', 'run', 'batch', 'subscribe', 'keys') "
+        "(see ovstream --help)",
     ),
 ]
 
