@@ -75,6 +75,12 @@ class BatchConfig:
     """Infer requests in flight; 0 = the device's optimal number."""
     max_batch: int = DEFAULT_MAX_BATCH
     """Frames one inference request takes at most (see PipelineConfig.max_batch)."""
+    workers: str | None = None
+    """Remote infer workers' endpoint (see PipelineConfig.workers)."""
+    local_infer: bool = True
+    worker_timeout_s: float = 5.0
+    keys: str | None = None
+    insecure: bool = False
     decoder_threads: str = "AUTO"
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
     transport: TransportConfig = field(default_factory=TransportConfig)
@@ -323,6 +329,11 @@ class _Run:
             topk=cfg.topk,
             requests=cfg.requests,
             max_batch=cfg.max_batch,
+            workers=cfg.workers,
+            local_infer=cfg.local_infer,
+            worker_timeout_s=cfg.worker_timeout_s,
+            keys=cfg.keys,
+            insecure=cfg.insecure,
             decoder_threads=cfg.decoder_threads,
             transport=cfg.transport,
             jobs=cfg.max_jobs,

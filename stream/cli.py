@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("run", "stream.run", "classify video files in the streaming pipeline and publish results"),
     ("batch", "stream.jobs.cli", "classify many video files as one resumable job"),
     ("subscribe", "stream.subscribe", "print a pipeline's published results as JSON lines"),
+    ("worker", "stream.remote.worker", "run inference for a pipeline on another machine"),
     ("keys", "stream.remote.keys", "make CURVE key pairs for remote infer workers"),
 ]
 

@@ -53,13 +53,13 @@ class LocalRequests:
         self._queue: Any = ov.AsyncInferQueue(compiled, requests)
         done, wfd = self._done, self._wfd
 
-        def on_done(request: Any, chunk: messages.Batch) -> None:
+        def on_done(request: Any, userdata: tuple[messages.Batch, Any]) -> None:
             # Runs on an OpenVINO thread: copy now, the request is reused for the next frames.
             try:
                 out: Any = request.get_output_tensor(0).data.copy()
             except Exception as exc:  # raised by finished(), on the owner's thread
                 out = exc
-            done.append((chunk, out))
+            done.append((*userdata, out))
             os.write(wfd, b"\0")
 
         self._queue.set_callback(on_done)
@@ -73,23 +73,24 @@ class LocalRequests:
     def free(self) -> int:
         return self.requests - self.inflight
 
-    def start(self, chunk: messages.Batch) -> None:
-        """Run `chunk` (its data: the model inputs [N, H, W, 3]) on a free request."""
-        self._queue.start_async({0: chunk.data}, chunk, share_inputs=True)
+    def start(self, chunk: messages.Batch, tag: Any = None) -> None:
+        """Run `chunk` (its data: the model inputs [N, H, W, 3]) on a free request; `tag` comes
+        back with its outputs."""
+        self._queue.start_async({0: chunk.data}, (chunk, tag), share_inputs=True)
         self.inflight += 1
 
-    def finished(self) -> list[tuple[messages.Batch, Any]]:
-        """(batch, outputs [N, classes]) of every request finished since the last call;
+    def finished(self) -> list[tuple[messages.Batch, Any, Any]]:
+        """(batch, outputs [N, classes], tag) of every request finished since the last call;
         RuntimeError if an inference failed."""
         with contextlib.suppress(BlockingIOError):
             os.read(self._rfd, 4096)
         out = []
         while self._done:
-            chunk, result = self._done.popleft()
+            chunk, tag, result = self._done.popleft()
             self.inflight -= 1
             if isinstance(result, Exception):
                 raise RuntimeError(f"inference failed: {result}")
-            out.append((chunk, result.reshape(len(chunk), -1)))
+            out.append((chunk, result.reshape(len(chunk), -1), tag))
         return out
 
     def close(self) -> None:

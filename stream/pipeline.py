@@ -96,6 +96,18 @@ class PipelineConfig:
     requests, never waiting for more (see stream/stages/infer.py); 1 = a request per frame."""
     ov_config: dict[str, Any] = field(default_factory=dict)
     """Extra OpenVINO compile properties."""
+    workers: str | None = None
+    """Bind this endpoint (`tcp://ADDR:PORT`) for remote infer workers (`ovstream worker`);
+    None = local inference only."""
+    local_infer: bool = True
+    """Also run inference here; False = only on remote workers."""
+    worker_timeout_s: float = 5.0
+    """A worker silent this long is dropped and the frames it held run elsewhere."""
+    keys: str | None = None
+    """Folder made by `ovstream keys`: the worker link uses CURVE and accepts only the clients in
+    its `authorized/`; None = plain tcp (loopback only, unless `insecure`)."""
+    insecure: bool = False
+    """Allow binding `workers` on a non-loopback address without keys."""
     decoder_threads: str = "AUTO"
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
     wait_subscribers: int = 0
@@ -136,6 +148,19 @@ class PipelineConfig:
             raise UserError(f"topk must be at least 1, got {self.topk}")
         if not 1 <= self.max_batch <= MAX_BATCH_LIMIT:
             raise UserError(f"max_batch must be 1..{MAX_BATCH_LIMIT}, got {self.max_batch}")
+        if self.workers is not None:
+            from stream.remote.security import check_bind
+
+            check_endpoint(self.workers)
+            if not self.workers.startswith("tcp://"):
+                raise UserError(f"--workers must be a tcp:// endpoint, got {self.workers!r}")
+            check_bind(self.workers, self.keys, self.insecure)
+        elif not self.local_infer:
+            raise UserError("--no-local-infer needs --workers (somewhere to run inference)")
+        elif self.keys:
+            raise UserError("--keys secures the worker link: it needs --workers")
+        if self.worker_timeout_s <= 0:
+            raise UserError(f"worker timeout must be positive, got {self.worker_timeout_s}")
         if self.wait_subscribers < 0:
             raise UserError(f"wait_subscribers must be >= 0, got {self.wait_subscribers}")
         if self.metrics is not None:
@@ -283,6 +308,10 @@ class Pipeline:
                     dict(cfg.ov_config),
                     cfg.mode,
                     cfg.max_batch,
+                    cfg.workers,
+                    cfg.local_infer,
+                    cfg.worker_timeout_s,
+                    cfg.keys,
                 ),
                 cfg.transport,
                 endpoints,
@@ -490,6 +519,7 @@ class Pipeline:
             "results": int(publish.get("results", 0)),
             "in_flight": max(0, captured - done),
             "waiting_subscribers": publish.get("waiting_subscribers"),
+            "workers": sup.stats("infer").get("workers"),
         }
 
     def stream_counters(self) -> dict[str, dict[str, Any]]:

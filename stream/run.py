@@ -72,6 +72,36 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"frames one inference request takes at most: those waiting, never waiting for "
         f"more (default {DEFAULT_MAX_BATCH}; 1 = a request per frame)",
     )
+    remote = parser.add_argument_group("remote infer workers (ovstream worker)")
+    remote.add_argument(
+        "--workers",
+        metavar="tcp://ADDR:PORT",
+        help="bind this endpoint for remote workers; they get frames as they have free requests",
+    )
+    remote.add_argument(
+        "--no-local-infer",
+        dest="local_infer",
+        action="store_false",
+        help="run inference only on remote workers",
+    )
+    remote.add_argument(
+        "--worker-timeout",
+        type=positive_float,
+        default=5.0,
+        metavar="S",
+        help="a worker silent this long is dropped; its frames go to others (default 5)",
+    )
+    remote.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="CURVE keys made by 'ovstream keys': encrypt the worker link, accept only the "
+        "workers whose keys are in DIR/authorized",
+    )
+    remote.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --workers on a non-loopback address without --keys",
+    )
     parser.add_argument(
         "--transport",
         choices=("ipc", "tcp"),
@@ -232,6 +262,11 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         topk=args.topk,
         requests=args.requests,
         max_batch=args.max_batch,
+        workers=args.workers,
+        local_infer=args.local_infer,
+        worker_timeout_s=args.worker_timeout,
+        keys=args.keys,
+        insecure=args.insecure,
         wait_subscribers=args.wait_subscribers,
         subscriber_timeout_s=args.subscriber_timeout,
         jobs=args.jobs,
@@ -308,7 +343,23 @@ class Progress(StatusLine):
             parts.insert(0, f"{snap['ended']}/{snap['total']} sources done")
         if snap.get("waiting_subscribers"):
             parts.insert(0, f"waiting for {snap['waiting_subscribers']} subscriber(s)")
+        if snap.get("workers") is not None:
+            parts.append(workers_text(snap["workers"], pipeline.config.local_infer))
         self.show(f"[{now:6.1f}s] " + " | ".join(parts) + f" | in flight {snap['in_flight']}")
+
+
+def workers_text(workers: dict, local: bool) -> str:
+    """`2 workers (1,200 done, 16 in flight, 8 re-sent)`, or that there is none to run frames."""
+    connected = workers.get("connected", 0)
+    if not connected and not local:
+        return "no worker connected: waiting for one"
+    per = workers.get("per_worker", {}).values()
+    done = sum(w.get("frames", 0) for w in per)
+    inflight = sum(w.get("inflight", 0) for w in per)
+    return (
+        f"{connected} worker(s) ({done} done, {inflight} in flight, "
+        f"{workers.get('resent', 0)} re-sent)"
+    )
 
 
 def result_line(record: dict) -> str:
@@ -330,6 +381,15 @@ def print_summary(summary: RunSummary, pipeline: Pipeline, out: TextIO) -> None:
         f"{summary.seconds:.1f} s ({summary.fps:.1f} FPS), {on}{pipeline.config.device}",
         file=out,
     )
+    workers = summary.stages.get("infer", {}).get("workers")
+    if workers is not None:
+        print(
+            f"  workers: {workers.get('joined', 0)} joined, {workers.get('lost', 0)} lost,"
+            f" {workers.get('resent', 0)} frame(s) re-sent, {workers.get('late', 0)} late"
+            f" result(s) dropped, {workers.get('refused', 0)} refused (model),"
+            f" {workers.get('unauthorized', 0)} refused (key)",
+            file=out,
+        )
     width = max(len(s.stream_id) for s in summary.sources)
     for s in summary.sources:
         state = "FAILED" if s.error else "stopped" if s.stopped else "ok"

@@ -113,6 +113,11 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         topk=args.topk,
         requests=args.requests,
         max_batch=args.max_batch,
+        workers=args.workers,
+        local_infer=args.local_infer,
+        worker_timeout_s=args.worker_timeout,
+        keys=args.keys,
+        insecure=args.insecure,
         transport=TransportConfig(scheme=args.transport),
         metrics=args.metrics,
     )

@@ -177,7 +177,7 @@ class RemoteWorkers:
         reason = (
             "no model identity"
             if not isinstance(identity, dict)
-            else self._mismatch(self.identity, identity)
+            else self._mismatch(identity, self.identity)
             if self._mismatch
             else None
         )

@@ -31,7 +31,7 @@ from stream.model import compile_model, load_info
 from stream.stages.base import Stage, StreamTracker
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.wire import messages
-from stream.wire.transport import TransportConfig, send
+from stream.wire.transport import TransportConfig, bind_error, send
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,9 @@ class InferStage(Stage):
                 polling_input = want_input
             events = dict(poller.poll(self.transport.io_timeout_ms))
             self.tick()
-            finished = local.finished() if local is not None and local.fd in events else []
+            finished = []
+            if local is not None and local.fd in events:
+                finished += [(chunk, out) for chunk, out, _ in local.finished()]
             if remote is not None:
                 finished += remote.receive()
                 for chunk in remote.maintain():
@@ -177,6 +179,8 @@ class InferStage(Stage):
         self.stats["queued"] = len(queued)
         if remote is not None:
             self.stats["workers"] = remote.stats()
+            if self._auth is not None:
+                self.stats["workers"]["unauthorized"] = self._auth.refused
 
     def _send_results(self, chunk: messages.Batch, out: Any) -> bool:
         parts = messages.encode_batch(messages.LOGITS, chunk.with_data(out))
@@ -211,14 +215,14 @@ class InferStage(Stage):
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 1000)
         if cfg.keys:
-            from stream.remote.security import secure_server
+            from stream.remote.security import Authenticator, curve_server, load_server_keys
 
-            self._auth = secure_server(self.ctx, sock, cfg.keys)
+            keys = load_server_keys(cfg.keys)
+            self._auth = Authenticator(self.ctx, keys.authorized).start()  # before the bind
+            curve_server(sock, keys)
         try:
             sock.bind(cfg.workers)
         except zmq.ZMQError as exc:
-            from stream.wire.transport import bind_error
-
             raise bind_error(cfg.workers, exc) from None
         identity = model_identity(info)
         return RemoteWorkers(sock, identity, max_batch, cfg.worker_timeout_s, identity_mismatch)

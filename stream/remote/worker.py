@@ -1,0 +1,244 @@
+"""Run inference for a pipeline on another machine.
+
+    ovstream worker --connect tcp://HEAD:PORT --model DIR [--keys DIR] [--device CPU]
+
+The head (`ovstream run ... --workers tcp://ADDR:PORT`) binds the endpoint; a worker connects, says
+hello with its model's identity (name, precision, sha256 of model.xml and model.bin), and once
+the head welcomes it compiles the model (THROUGHPUT hint, a batch axis of up to the head's
+--max-batch) and announces how many requests it runs at once. From then on it receives batches,
+one per free request, and sends each one's outputs back. It outlives the head's runs: when the
+head goes away (or forgets it) it says hello again until a head answers. A head that runs
+another model refuses it, and the worker exits with one line (exit 2). Ctrl-C or SIGTERM: it
+finishes what it holds, says goodbye and exits 0.
+
+The protocol is described in stream/remote/dispatch.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import zmq
+
+from stream.errors import UserError
+from stream.inference import LocalRequests, captured_stderr
+from stream.model import compile_model, load_info
+from stream.remote.dispatch import DEFAULT_WORKER_TIMEOUT_S, HEARTBEAT_S
+from stream.wire import messages
+
+log = logging.getLogger(__name__)
+
+HELLO_EVERY_S = 1.0
+"""While no head has welcomed it, a worker says hello this often."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connect", required=True, metavar="tcp://HEAD:PORT", help="the head's --workers endpoint"
+    )
+    parser.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        metavar="DIR",
+        help="the same model folder as the head's (made by model-prep)",
+    )
+    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="infer requests in flight (default: the device's optimal number)",
+    )
+    parser.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="folder with the head's server.key and this worker's .key_secret (ovstream keys)",
+    )
+    parser.add_argument(
+        "--name", default=None, help="name in the head's logs (default: host name and pid)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WORKER_TIMEOUT_S,
+        metavar="S",
+        help=f"a head silent this long is taken as gone (default {DEFAULT_WORKER_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="exit 0 when the head's run ends instead of waiting for the next one",
+    )
+
+
+class Worker:
+    """One worker process: a DEALER to the head and an AsyncInferQueue."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from stream.remote.identity import model_identity
+
+        self.args = args
+        self.info = load_info(args.model)
+        self.identity = model_identity(self.info)
+        self.name = args.name or f"{socket.gethostname()}:{os.getpid()}"
+        self.ctx = zmq.Context()
+        self.sock: zmq.Socket | None = None
+        self.local: LocalRequests | None = None
+        self.compiled_batch = 0
+        self.welcomed = False
+        self.stopping = False
+        self.frames = 0
+        self.last_heard = self.last_sent = time.monotonic()
+
+    def connect(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        if self.args.keys:
+            from stream.remote.security import curve_client, load_client_keys
+
+            curve_client(sock, load_client_keys(self.args.keys))
+        try:
+            sock.connect(self.args.connect)
+        except zmq.ZMQError as exc:
+            raise UserError(f"cannot connect to {self.args.connect}: {exc.strerror}") from None
+        self.sock = sock
+
+    def send(self, command: str, **meta: Any) -> None:
+        assert self.sock is not None
+        parts = messages.encode(messages.COMMAND, self.name, 0, {"command": command, **meta})
+        self.sock.send_multipart(parts)
+        self.last_sent = time.monotonic()
+
+    def hello(self) -> None:
+        self.send("hello", identity=self.identity, name=self.name)
+
+    def compile(self, max_batch: int) -> None:
+        """Compile for the head's batch size (again only if it grew) and announce the credit."""
+        if self.local is None or max_batch > self.compiled_batch:
+            if self.local is not None:
+                self.local.close()
+            with captured_stderr():
+                compiled = compile_model(
+                    self.info, self.args.device, "throughput", {}, None, max_batch
+                )
+            nreq = self.args.requests or int(
+                compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+            )
+            self.local = LocalRequests(compiled, nreq)
+            self.compiled_batch = max_batch
+            log.info("worker: %s %s, %d requests", self.info.name, self.info.precision, nreq)
+        self.send("credit", requests=self.local.requests)
+
+    def serve(self) -> int:
+        """Until stopped (or, with --once, until the head's run ends)."""
+        self.connect()
+        self.hello()
+        poller = zmq.Poller()
+        assert self.sock is not None
+        poller.register(self.sock, zmq.POLLIN)
+        registered_fd = None
+        while True:
+            if self.local is not None and registered_fd != self.local.fd:
+                if registered_fd is not None:
+                    poller.unregister(registered_fd)
+                poller.register(self.local.fd, zmq.POLLIN)
+                registered_fd = self.local.fd
+            events = dict(poller.poll(200))
+            if self.stopping and (self.local is None or self.local.inflight == 0):
+                if self.welcomed:
+                    self.send("bye")
+                return 0
+            if registered_fd is not None and registered_fd in events:
+                for chunk, out, chunk_id in self.local.finished():
+                    self._answer(chunk, out, chunk_id)
+            if self.sock in events:
+                code = self._handle_incoming()
+                if code is not None:
+                    return code
+            now = time.monotonic()
+            if self.welcomed and now - self.last_heard > self.args.timeout:
+                log.warning("worker: the head at %s is silent; waiting for it", self.args.connect)
+                self.welcomed = False
+                if self.args.once:
+                    return 0
+            if not self.welcomed and not self.stopping and now - self.last_sent >= HELLO_EVERY_S:
+                self.hello()
+            elif self.welcomed and now - self.last_sent >= HEARTBEAT_S:
+                self.send("heartbeat")
+
+    def _answer(self, chunk: messages.Batch, out: Any, chunk_id: int) -> None:
+        assert self.sock is not None
+        parts = messages.encode_batch(messages.LOGITS, chunk.with_data(out), {"chunk": chunk_id})
+        self.sock.send_multipart(parts, copy=False)
+        self.last_sent = time.monotonic()
+        self.frames += len(chunk)
+
+    def _handle_incoming(self) -> int | None:
+        assert self.sock is not None
+        while True:
+            try:
+                frames = self.sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            self.last_heard = time.monotonic()
+            try:
+                msg = messages.decode(frames)
+            except messages.MessageError as exc:
+                log.warning("worker: rejected a malformed message from the head: %s", exc)
+                continue
+            if msg.kind == messages.TENSOR and self.welcomed and self.local is not None:
+                assert msg.batch is not None
+                problem = self.info.geometry.input_problem(msg.batch.data, batched=True)
+                chunk_id = msg.meta.get("chunk")
+                if problem or not isinstance(chunk_id, int) or len(msg.batch) > self.compiled_batch:
+                    log.warning("worker: rejected a batch: %s", problem or "bad chunk")
+                    continue
+                self.local.start(msg.batch, chunk_id)
+                continue
+            what = msg.meta.get("command") if msg.kind == messages.COMMAND else None
+            if what == "welcome":
+                max_batch = msg.meta.get("max_batch")
+                if not isinstance(max_batch, int) or not 1 <= max_batch <= 256:
+                    log.warning("worker: bad welcome from the head: max_batch %r", max_batch)
+                    continue
+                log.info("worker: connected to %s", self.args.connect)
+                self.welcomed = True
+                self.compile(max_batch)
+            elif what == "refuse":
+                raise UserError(f"the head refused this worker: {msg.meta.get('reason')}")
+            elif what == "reset":
+                if self.welcomed:
+                    log.info("worker: the head's run ended; waiting for the next")
+                self.welcomed = False
+                if self.args.once:
+                    self.stopping = True
+                    return 0
+            elif what != "heartbeat":
+                log.warning("worker: unexpected %s message from the head", msg.kind)
+
+
+def run(args: argparse.Namespace) -> int:
+    worker = Worker(args)
+
+    def stop(*_: Any) -> None:
+        worker.stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return worker.serve()
+    finally:
+        if worker.local is not None:
+            worker.local.close()
+        worker.ctx.destroy(linger=2000)
+        print(f"ovstream worker: {worker.frames} frame(s) classified", flush=True)
