@@ -127,7 +127,8 @@ class Batch:
     """
 
     streams: list[str]
-    """Stream ids that `index[:, 0]` refers to."""
+    """Stream ids that `index[:, 0]` refers to: each of them has frames in the batch (a stage
+    that sees a stream's end rejects any later batch naming it)."""
     index: np.ndarray
     """int64 [N, 3]: stream number, per-stream sequence number, source frame index."""
     times: np.ndarray
@@ -170,13 +171,18 @@ class Batch:
             yield streams[n], seq, frame_index, None if math.isnan(pts) else pts, capture_ts
 
     def take(self, start: int, stop: int) -> Batch:
-        """Frames `start:stop`, as views (no copy)."""
-        return Batch(
-            self.streams,
-            self.index[start:stop],
-            self.times[start:stop],
-            self.data[start:stop],
-        )
+        """Frames `start:stop`: views of the frames (no copy), naming only their own streams."""
+        index = self.index[start:stop]
+        streams = self.streams
+        if len(streams) > 1:
+            present = np.unique(index[:, 0])
+            if len(present) < len(streams):  # renumber: a batch names only streams it holds
+                renumber = np.zeros(len(streams), dtype=np.int64)
+                renumber[present] = np.arange(len(present))
+                index = index.copy()
+                index[:, 0] = renumber[index[:, 0]]
+                streams = [streams[i] for i in present.tolist()]
+        return Batch(streams, index, self.times[start:stop], self.data[start:stop])
 
     def with_data(self, data: np.ndarray) -> Batch:
         """The same frames with another payload (their model outputs)."""
@@ -321,6 +327,8 @@ def _batch(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
         raise MessageError(f"{kind} message: times must be float64 [{n}, 2], got {times.shape}")
     if data.ndim < 1 or data.shape[0] != n:
         raise MessageError(f"{kind} message: data must hold {n} frames, got {data.shape}")
+    if len(streams) > 1 and len(np.unique(index[:, 0])) != len(streams):
+        raise MessageError(f"{kind} message names a stream that has no frame in it")
     if index.min() < 0:
         raise MessageError(f"{kind} message: a negative stream number, sequence or frame index")
     if index[:, 0].max() >= len(streams):

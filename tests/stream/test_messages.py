@@ -60,6 +60,18 @@ def test_take_gives_views_and_join_renumbers_streams():
         again.with_data(np.zeros((2, 10), np.float32))
 
 
+def test_a_slice_names_only_the_streams_it_holds():
+    """A stage that has seen a stream's end rejects any batch naming it, so a slice of a
+    batch (infer shares one among requests) must not name the other streams."""
+    batch = two_stream_batch()  # cam1, cam2, cam1
+    head = batch.take(0, 1)
+    assert head.streams == ["cam1"] and head.stream_ids() == ["cam1"]
+    assert batch.take(1, 3).stream_ids() == ["cam2", "cam1"]
+    assert decode(
+        encode_batch(messages.LOGITS, head.with_data(np.zeros((1, 4))))
+    ).batch.streams == ["cam1"]
+
+
 def test_eos_needs_no_payload():
     msg = decode(encode(messages.EOS, "a", 10, {"count": 10}))
     assert msg.kind == "eos" and msg.meta["count"] == 10 and msg.arrays == [] and msg.batch is None
@@ -133,6 +145,7 @@ MALFORMED = [
     ("streams not strings", lambda: with_header(streams=["cam1", 2]), "streams"),
     ("streams repeat", lambda: with_header(streams=["cam1", "cam1"]), "distinct"),
     ("stream number out of range", lambda: with_header(streams=["cam1"]), "stream number"),
+    ("a stream without frames", lambda: with_header(streams=["cam1", "cam2", "cam3"]), "no frame"),
     ("index not int64", lambda: with_part(0, INDEX.astype(np.int32)), "index"),
     ("index of the wrong width", lambda: with_part(0, INDEX[:, :2].copy()), "index"),
     ("negative frame index", lambda: with_part(0, INDEX * np.array([1, 1, -1])), "negative"),

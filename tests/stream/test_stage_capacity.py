@@ -41,6 +41,7 @@ def test_stage_capacity_measures_every_stage(tmp_path):
     assert f"sum of the stages' own CPU per frame: {total:.3f} ms" in text
     assert text in proc.stdout
     assert all(us > 0 for us in result["pieces_us"].values())
-    assert "messages.decode (frame)" in result["pieces_us"]
+    assert "preprocess: decode (one frame)" in result["pieces_us"]
+    assert "batches of 8" in result["header"]
     info = load_info(tmp_path / "trivial")  # the trivial IR's folder is a valid model folder
     assert info.name == "trivial" and len(info.labels) == 1000
