@@ -122,10 +122,19 @@ def tree_rss_mb(pids: list[int]) -> float:
     return total / 2**20
 
 
-def pipeline_run(clip: Path, model: str, device: str, workdir: Path) -> dict[str, Any]:
-    out = workdir / f"{clip.stem}.jsonl"
+def pipeline_run(
+    clip: Path, model: str, device: str, workdir: Path, streams: int = 1
+) -> dict[str, Any]:
+    """The pipeline on `streams` copies of `clip` at once (each its own capture process)."""
+    out = workdir / f"{clip.stem}x{streams}.jsonl"
+    sources = [f"{clip.stem}_{i}={clip}" for i in range(streams)]
     config = PipelineConfig(
-        sources=[str(clip)], model=model, device=device, publish=None, output=str(out)
+        sources=sources,
+        model=model,
+        device=device,
+        publish=None,
+        output=str(out),
+        jobs=streams,
     )
     pipeline = Pipeline(config)
     peak = [0.0]
@@ -144,7 +153,7 @@ def pipeline_run(clip: Path, model: str, device: str, workdir: Path) -> dict[str
     summary = pipeline.run(progress=sample, progress_interval_s=0.2)
     wall = time.perf_counter() - wall_start
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    publish = [r["publish_ts"] for r in records]
+    publish = sorted(r["publish_ts"] for r in records)
     latency = sorted(r["latency_ms"] for r in records)
     # Steady state: from the result at 10 % of the run to the last, so start-up (compilation,
     # first inferences, the queues filling) is left out; fps_with_startup keeps it.
@@ -191,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1920x1080,640x360", help="clip sizes, WxH,WxH")
     parser.add_argument("--frames", type=int, default=800, help="frames per clip")
     parser.add_argument(
+        "--streams", default="1", help="streams at once, each a copy of the clip: N or N,M,..."
+    )
+    parser.add_argument(
         "--pure-seconds",
         type=float,
         default=5.0,
@@ -216,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         f" of {cpu}; oneDNN ISA cap: {isa_cap or 'none'}; load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
+    stream_counts = [int(n) for n in args.streams.split(",")]
     rows = []
-    for clip, (w, h) in zip(clips, sizes, strict=True):
+    for clip, (w, h), streams in (
+        (c, size, n) for c, size in zip(clips, sizes, strict=True) for n in stream_counts
+    ):
         ceiling = pure_inference(info, args.device, args.pure_seconds)
         pure, nreq = ceiling.fps, ceiling.requests
         warning = ceiling.warning()
@@ -226,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         decode = decode_cpu_per_frame(clip, info, scale=False)
         decode_scale = decode_cpu_per_frame(clip, info, scale=True)
         limit = 1.0 / (1.0 / pure + decode / cores)
-        pipe = pipeline_run(clip, str(info.path), args.device, workdir)
+        pipe = pipeline_run(clip, str(info.path), args.device, workdir, streams)
         naive = naive_loop_fps(clip, info, args.device)
         row = {
-            "clip": f"{w}x{h}",
+            "clip": f"{w}x{h}" + (f"*{streams}" if len(stream_counts) > 1 else ""),
+            "streams": streams,
             "frames": pipe["frames"],
             "requests": nreq,
             "pure_fps": pure,
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
 
     header = (
-        f"{'clip':>9} {'pure':>6} {'b_app':>6} {'ratio':>5} {'dec ms':>6} {'dec+sc':>6}"
+        f"{'clip':>11} {'pure':>6} {'b_app':>6} {'ratio':>5} {'dec ms':>6} {'dec+sc':>6}"
         f" {'limit':>6} {'pipe':>6} "
         f"{'ratio':>5} {'naive':>6} {'wall*':>6} {'p50 ms':>7} {'p95 ms':>7} {'peak MB':>8}"
     )
@@ -264,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['clip']:>9} {r['pure_fps']:6.1f} {_fmt(r['benchmark_app_fps'], 6, 1)}"
+            f"{r['clip']:>11} {r['pure_fps']:6.1f} {_fmt(r['benchmark_app_fps'], 6, 1)}"
             f" {_fmt(r['pure_vs_benchmark_app'], 5, 2)} {r['decode_ms']:6.2f}"
             f" {r['decode_scale_ms']:6.2f}"
             f" {r['limit_fps']:6.1f} {r['pipeline_fps']:6.1f} {r['ratio']:5.2f}"
@@ -283,14 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in rows:
         if r["ceiling_warning"]:
-            print(f"{r['clip']:>9}  {r['ceiling_warning']}")
+            print(f"{r['clip']:>11}  {r['ceiling_warning']}")
     print("\nCPU ms per frame by process, steady state (sum -> the FPS two cores allow):")
     for r in rows:
         ms = r["stage_ms"]
         if ms:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
             total = sum(ms.values())
-            print(f"{r['clip']:>9}  {parts} = {total:.2f} -> {cores * 1e3 / total:.0f} FPS")
+            print(f"{r['clip']:>11}  {parts} = {total:.2f} -> {cores * 1e3 / total:.0f} FPS")
     print(
         "\nOverhead: CPU ms per frame beyond decoding with the one resize (dec+sc) and OpenVINO"
         " (pure run's CPU per inference), summed over all processes (target <= 0.3 ms):"
@@ -298,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r["overhead_ms"] is not None:
             print(
-                f"{r['clip']:>9}  {r['cpu_ms_total']:.2f} - dec+sc {r['decode_scale_ms']:.2f}"
+                f"{r['clip']:>11}  {r['cpu_ms_total']:.2f} - dec+sc {r['decode_scale_ms']:.2f}"
                 f" - OpenVINO {r['pure_cpu_ms']:.2f} = {r['overhead_ms']:.2f} ms"
             )
     if args.json:
