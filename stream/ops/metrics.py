@@ -17,6 +17,7 @@ import collections
 import errno
 import json
 import logging
+import resource
 import socket
 import threading
 import time
@@ -178,7 +179,14 @@ class PipelineCollector(Collector):
             "Inference requests available.",
             value=int(infer.get("requests", 0)),
         )
+        if isinstance(infer.get("workers"), dict):
+            yield from worker_families(infer["workers"])
         publish = stages.get("publish", {})
+        yield CounterMetricFamily(
+            "ovstream_duplicate_results_dropped",
+            "Second results of a frame (a worker's late answer) dropped by publish.",
+            value=int(publish.get("duplicates", 0)),
+        )
         yield CounterMetricFamily(
             "ovstream_pub_dropped",
             "Messages a subscriber too slow for the PUB socket's high-water mark missed.",
@@ -210,6 +218,84 @@ class PipelineCollector(Collector):
         if now > t0:
             return (published - n0) / (now - t0)
         return published / elapsed if elapsed else 0.0  # first scrape: the run's average
+
+
+def worker_families(workers: dict[str, Any]) -> Iterable[Metric]:
+    """The head's view of its remote workers (`--workers`), from the infer stage's reports."""
+    yield GaugeMetricFamily(
+        "ovstream_workers_connected",
+        "Remote workers connected now.",
+        value=int(workers.get("connected", 0)),
+    )
+    per = workers.get("per_worker") or {}
+    done = CounterMetricFamily(
+        "ovstream_worker_frames", "Frames a worker returned results for.", labels=["worker"]
+    )
+    inflight = GaugeMetricFamily(
+        "ovstream_worker_frames_in_flight",
+        "Frames sent to a worker, unanswered.",
+        labels=["worker"],
+    )
+    for name, w in per.items():
+        done.add_metric([name], int(w.get("frames", 0)))
+        inflight.add_metric([name], int(w.get("inflight", 0)))
+    yield done
+    yield inflight
+    yield CounterMetricFamily(
+        "ovstream_worker_frames_resent",
+        "Frames handed to another worker after theirs went silent, left or restarted.",
+        value=int(workers.get("resent", 0)),
+    )
+    yield CounterMetricFamily(
+        "ovstream_worker_late_results",
+        "Results of a worker that came after its frames had been re-sent (dropped).",
+        value=int(workers.get("late", 0)),
+    )
+    refused = CounterMetricFamily(
+        "ovstream_workers_refused", "Workers refused, by reason.", labels=["reason"]
+    )
+    refused.add_metric(["model"], int(workers.get("refused", 0)))
+    refused.add_metric(["key"], int(workers.get("unauthorized", 0)))
+    yield refused
+
+
+class WorkerCollector(Collector):
+    """`ovstream worker --metrics`: the worker's own counters."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterable[Metric]:
+        w = self.worker
+        local = w.local
+        yield GaugeMetricFamily(
+            "ovstream_worker_connected",
+            "1 while a head has welcomed this worker.",
+            value=1.0 if w.welcomed else 0.0,
+        )
+        yield CounterMetricFamily(
+            "ovstream_worker_frames", "Frames this worker classified.", value=int(w.frames)
+        )
+        yield GaugeMetricFamily(
+            "ovstream_worker_frames_in_flight",
+            "Batches running on this worker's requests now.",
+            value=int(local.inflight) if local is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "ovstream_infer_requests",
+            "Inference requests available.",
+            value=int(local.requests) if local is not None else 0,
+        )
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        yield _cpu_family("worker", usage.ru_utime + usage.ru_stime)
+
+
+def _cpu_family(stage: str, seconds: float) -> Metric:
+    family = CounterMetricFamily(
+        "ovstream_stage_cpu_seconds", "CPU time of the stage process.", labels=["stage"]
+    )
+    family.add_metric([stage], seconds)
+    return family
 
 
 def source_state(counters: dict[str, Any]) -> str:
@@ -287,11 +373,21 @@ def health(pipeline: Pipeline) -> tuple[bool, dict[str, Any]]:
 class MetricsServer:
     """`/metrics` and `/healthz` on HOST:PORT, served by a daemon thread until `close()`."""
 
-    def __init__(self, pipeline: Pipeline, address: str, extra: ExtraMetrics | None = None):
+    def __init__(
+        self,
+        pipeline: Pipeline | None,
+        address: str,
+        extra: ExtraMetrics | None = None,
+        collector: Collector | None = None,
+        healthz: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+    ):
+        """For a pipeline, or (`collector`, `healthz`) for another process: a worker."""
         host, port = parse_address(address)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PipelineCollector(pipeline, extra))
+        assert pipeline is not None or (collector is not None and healthz is not None)
+        self.registry.register(collector or PipelineCollector(pipeline, extra))
         registry = self.registry
+        check_health = healthz or (lambda: health(pipeline))
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -299,7 +395,7 @@ class MetricsServer:
                 if path == "/metrics":
                     self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    ok, body = health(pipeline)
+                    ok, body = check_health()
                     self._answer(200 if ok else 503, json.dumps(body).encode(), "application/json")
                 else:
                     self._answer(404, b"not found: try /metrics or /healthz\n", "text/plain")
