@@ -20,6 +20,7 @@ stream time, each written as `.mp4.part` and renamed when closed (stream/ops/ann
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import shutil
 import tempfile
@@ -109,6 +110,12 @@ class LiveAnnotator:
     ) -> None:
         self.folder = Path(folder)
         self.segment_s = segment_seconds(segment_s)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--annotate: cannot create {folder}: {exc.strerror}") from None
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise UserError(f"--annotate: cannot write to {folder}")
         self.stats = LiveStats()
         self.streams = {
             s.stream_id: _Stream(SegmentWriter(self.folder, s.stream_id, segment_s, crf))
@@ -165,16 +172,20 @@ class LiveAnnotator:
     # -- the background thread -----------------------------------------------------------------
 
     def _work(self) -> None:
+        busy = False
         try:
             while not self._cancel.is_set():
-                waiting = any(s.pending for s in self.streams.values())
-                self._receive(0 if waiting else 20)
+                self._receive(0 if busy else 20)  # (waits only when nothing could be done)
                 self._take_inbox()
                 now = time.monotonic()
+                busy = False
                 for stream_id, stream in self.streams.items():
-                    self._match(stream_id, stream, now)
+                    busy |= self._match(stream_id, stream, now)
                 if self._closing and not any(s.pending for s in self.streams.values()):
                     return
+        except Exception as exc:  # a bug: say so in the summary, close what is open
+            log.exception("annotate: live annotator failed")
+            self.stats.errors.append(f"annotate: live annotator failed: {exc!r}")
         finally:
             for stream_id, stream in self.streams.items():
                 self._finish(stream_id, stream)
@@ -222,9 +233,11 @@ class LiveAnnotator:
             elif kind == "close":
                 self._closing = True
 
-    def _match(self, stream_id: str, stream: _Stream, now: float) -> None:
-        """Draw and write the results whose frames are here; give up on those that never came."""
+    def _match(self, stream_id: str, stream: _Stream, now: float) -> bool:
+        """Draw and write the results whose frames are here; give up on those that never came.
+        True if a result was dealt with."""
         frames, pending = stream.frames, stream.pending
+        done = 0
         for _ in range(BATCH):
             if not pending:
                 break
@@ -239,8 +252,10 @@ class LiveAnnotator:
             else:
                 self.stats.missing += 1
             pending.popleft()
+            done += 1
         if stream.ended and not pending:
             self._finish(stream_id, stream)
+        return done > 0
 
     def _write(self, stream_id: str, stream: _Stream, tap: TapFrame, mark: Mark) -> None:
         if stream.failed:
@@ -314,6 +329,12 @@ class Annotation:
         transport: TransportConfig | None = None,
     ) -> None:
         segment_seconds(segment_s)
+        for spec in specs:  # stream ids name files and folders under DIR
+            if "/" in spec.stream_id or spec.stream_id.startswith("."):
+                raise UserError(
+                    f"--annotate: stream id {spec.stream_id!r} cannot name a file "
+                    "(no '/', no leading '.'); choose another with NAME=SOURCE"
+                )
         self.folder = folder
         files = [s for s in specs if not s.is_live]
         live = [s for s in specs if s.is_live]

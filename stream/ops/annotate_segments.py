@@ -45,6 +45,8 @@ def draw_tap_frame(tap: TapFrame, mark: Mark) -> av.VideoFrame:
 
 def next_number(folder: Path, stream_id: str) -> int:
     """The number after the highest segment of `stream_id` in `folder` (0 if none)."""
+    if not folder.is_dir():
+        return 0
     pattern = re.compile(re.escape(stream_id) + r"-(\d{5,})\.mp4(\.part)?")
     numbers = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))]
     return max(numbers, default=-1) + 1
@@ -55,7 +57,7 @@ class SegmentWriter:
 
     def __init__(self, folder: Path, stream_id: str, segment_s: float, crf: int = 18) -> None:
         self.folder = folder / stream_id
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Made with the first segment, so a run that never gets a frame leaves no folder."""
         self.stream_id = stream_id
         self.segment_s = segment_s
         self.crf = crf
@@ -102,6 +104,7 @@ class SegmentWriter:
         self.open_frames += 1
 
     def _open(self, tap: TapFrame) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         self._out = av.open(str(self.part), "w", format="mp4")
         encoder = self._out.add_stream("libx264", rate=25)
         encoder.width, encoder.height = self._size = (tap.width, tap.height)
