@@ -27,7 +27,7 @@ from stream.ops.annotate_link import (
     decode_tap,
     encode_tap,
 )
-from stream.ops.annotate_live import LiveAnnotator, segment_seconds
+from stream.ops.annotate_live import Annotation, LiveAnnotator, segment_seconds
 from stream.ops.annotate_segments import SegmentWriter
 from stream.sources.spec import SourceSpec
 from stream.wire.transport import TransportConfig
@@ -171,6 +171,12 @@ def test_live_annotator_matches_frames_to_results_over_a_real_link(tmp_path):
     assert (first.width, first.height) == (64, 48)
 
 
+def test_a_stream_id_that_cannot_name_a_file_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"stream id '\.\.' cannot name a file"):
+        Annotation(tmp_path, [SourceSpec.parse("..=rtsp://h/s")])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_annotation_off_means_no_link_for_any_capture():
     config = PipelineConfig(sources=["cam=rtsp://h/s", "a.mp4"], model="m", publish=None)
     assert config.annotate is None
@@ -207,13 +213,17 @@ SUMMARY = re.compile(
 def test_a_live_run_writes_whole_segments_a_frame_per_result(
     rtsp_server, clip_factory, model, tmp_path
 ):
+    """A live source and a file in one run: the file's video as before, the live one in
+    segments."""
     clip = clip_factory(320, 180, 25, 100, name="live", gop=25)
+    file = clip_factory(320, 180, 25, 40, name="annotate_cat")
     server = rtsp_server(file=clip, path="/cam")
     out, folder = tmp_path / "results.jsonl", tmp_path / "ann"
     proc = start_cli(
         "ovstream",
         "run",
         f"cam={server.url}",
+        f"file={file}",
         "--model",
         str(model),
         "--publish",
@@ -258,8 +268,11 @@ def test_a_live_run_writes_whole_segments_a_frame_per_result(
     names = sorted(p.name for p in (folder / "cam").iterdir())
     assert all(n.endswith(".mp4") for n in names), names  # no .part left
     assert len(names) > 1
-    results = [json.loads(line) for line in out.read_text().splitlines()]
-    assert results and all(r["stream_id"] == "cam" for r in results)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    results = [r for r in records if r["stream_id"] == "cam"]
+    assert len(results) + 40 == len(records)
+    assert frame_count(folder / "file.mp4") == 40
+    assert "ovstream: annotated 1 video(s), 40 frame(s) in " in err
     written = sum(frame_count(folder / "cam" / n) for n in names)
     match = SUMMARY.search(err)
     assert match, err
