@@ -11,6 +11,10 @@ CPU-bound steps of the annotator, best of --repeat runs, ms per frame:
 Then the sample through the pipeline (`Pipeline.run`) without and with an `Annotator`: the
 run's wall time, the extra wait for the videos after the run, and whether the annotate module
 was imported at all and the pipeline delivered results to the main process without it.
+With --live S: `ovstream run` on a live RTSP stream (tests/rtsp/server.py, GStreamer, a 640x360
+25 fps clip looping) for S seconds, without and with `--annotate --annotate-segment 10`: results
+per second both ways, and the live annotator's summary line (ms/frame drawing and encoding in
+the main process, ms/frame copying in capture, frames without a source frame).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -110,11 +117,56 @@ def pipeline_runs(model: str, folder: Path) -> dict:
     return out
 
 
+def live_runs(model: str, folder: Path, seconds: float) -> dict:
+    """A live RTSP stream classified for `seconds`, without and with --annotate."""
+    clip = make_sample_module().write_clip(folder / "live.mp4", 640, 360, 25, 250, gop=25)
+    server = subprocess.Popen(
+        ["/usr/bin/python3", str(ROOT / "tests/rtsp/server.py"), "--port", "0"]
+        + ["--path", "/cam", "--file", str(clip)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out: dict[str, Any] = {}
+    try:
+        assert server.stdout is not None
+        line = ""
+        while not line.startswith("READY"):  # "READY rtsp://..." once it listens
+            line = server.stdout.readline()
+            if not line:
+                raise RuntimeError("RTSP server exited before READY")
+        url = line.split()[1]
+        for mode in ("off", "on"):
+            args = [sys.executable, "-m", "stream.cli", "run", f"cam={url}", "--model", model]
+            args += ["--publish", "none", "--no-progress"]
+            if mode == "on":
+                args += ["--annotate", str(folder / "ann"), "--annotate-segment", "10"]
+            run = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            time.sleep(seconds)  # a benchmark of a fixed length, not a synchronisation
+            run.send_signal(signal.SIGINT)
+            _, err = run.communicate(timeout=60)
+            results = re.search(r"(\d+) result\(s\) from 1 source\(s\) in ([\d.]+) s", err)
+            if run.returncode != 0 or not results:
+                raise RuntimeError(f"ovstream run ({mode}) failed:\n{err}")
+            out[f"{mode}_results"] = int(results.group(1))
+            out[f"{mode}_results_per_s"] = int(results.group(1)) / float(results.group(2))
+            if mode == "on":
+                out["summary"] = next(
+                    x for x in err.splitlines() if "annotated live:" in x
+                ).removeprefix("ovstream: ")
+    finally:
+        server.terminate()
+        server.wait(10)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model folder for the pipeline runs")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument(
+        "--live", type=float, metavar="S", help="also run a live RTSP stream for S s each way"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="annotate-bench-") as tmp:
         folder = Path(tmp)
@@ -123,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             per_frame_costs(folder, 640, 360, 200, args.repeat),
             per_frame_costs(folder, 1920, 1080, 100, args.repeat),
         ]
+        live = live_runs(args.model, folder, args.live) if args.live else None
     print(f"{'size':>10} {'decode':>8} {'+draw':>8} {'+encode':>8}   ms/frame (draw, encode)")
     for r in rows:
         print(
@@ -140,8 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{runs['on_annotated_frames']} frames, "
         f"{runs['on_annotate_ms_per_frame']:.2f} ms/frame"
     )
+    if live:
+        print(
+            f"live 640x360 25 fps, {args.live:g} s: annotate off {live['off_results_per_s']:.1f} "
+            f"results/s, on {live['on_results_per_s']:.1f} results/s; {live['summary']}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"sizes": rows, "pipeline": runs}, indent=2) + "\n")
+        figures = {"sizes": rows, "pipeline": runs, "live": live}
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from stream.errors import UserError
 from stream.model import PERFORMANCE_HINTS, load_info
+from stream.ops.annotate_link import AnnotateLink
 from stream.ops.metrics import ExtraMetrics, MetricsServer, parse_address
 from stream.ops.mqtt import parse_mqtt_url
 from stream.sources.live import LiveOptions
@@ -132,6 +133,9 @@ class PipelineConfig:
     metrics: str | None = None
     """Serve `/metrics` (Prometheus) and `/healthz` on `HOST:PORT` (`:PORT` or `PORT`: loopback;
     port 0: any free one, see `Pipeline.metrics_url`); None = off."""
+    annotate: AnnotateLink | None = None
+    """Where live captures send copies of their frames for annotated video (set from
+    `stream.ops.annotate_live.LiveAnnotator.link`); None = no copies."""
 
     def __post_init__(self) -> None:
         if self.jobs < 0:
@@ -185,6 +189,7 @@ class PipelineConfig:
             fps=spec.fps if spec.fps is not None else self.fps,
             thread_type=self.decoder_threads,
             live=spec.options or self.live,
+            annotate=self.annotate if spec.is_live else None,
             **kw,
         )
 

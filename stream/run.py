@@ -189,13 +189,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--annotate",
         metavar="DIR",
-        help="write DIR/<stream id>.mp4 per video file: the classified frames with the top-1 "
-        "label, score and stream time drawn on them (H.264; files only, not live sources)",
+        help="write DIR/<stream id>.mp4 per video file, and DIR/<stream id>/<stream id>-NNNNN.mp4 "
+        "segments per live source: the classified frames with the top-1 label, score and stream "
+        "time drawn on them (H.264)",
     )
     parser.add_argument(
         "--annotate-size",
         metavar="WxH",
         help="with --annotate: scale the annotated videos to WxH (default: the source's size)",
+    )
+    parser.add_argument(
+        "--annotate-segment",
+        type=float,
+        metavar="S",
+        help="with --annotate: start a new segment of a live source's video every S seconds of "
+        "stream time (default 300); the one being written is named .mp4.part",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     parser.add_argument(
@@ -450,12 +458,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.annotate_size and not args.annotate:
         raise UserError("--annotate-size needs --annotate DIR")
+    if args.annotate_segment is not None and not args.annotate:
+        raise UserError("--annotate-segment needs --annotate DIR")
     annotator = None
     if args.annotate:  # imported only when asked for: nothing of it runs otherwise
-        from stream.ops.annotate import Annotator, parse_size
+        from stream.ops.annotate import parse_size
+        from stream.ops.annotate_live import DEFAULT_SEGMENT_S, Annotation, segment_seconds
 
         size = parse_size(args.annotate_size) if args.annotate_size else None
-        annotator = Annotator(args.annotate, config.specs, size=size)
+        segment = args.annotate_segment
+        segment_s = segment_seconds(DEFAULT_SEGMENT_S if segment is None else segment)
+        annotator = Annotation(args.annotate, config.specs, size, segment_s, config.transport)
+        config.annotate = annotator.link
     pipeline = Pipeline(config)
     progress = Progress(sys.stderr, enabled=not args.no_progress)
     try:
@@ -464,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
     except PipelineError as exc:
         progress.clear()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1 if annotator is None else max(1, finish_annotation(annotator, args.annotate))
+        return 1 if annotator is None else max(1, finish_annotation(annotator, pipeline))
     except UserError:
         progress.clear()
         if annotator is not None:
@@ -476,7 +490,7 @@ def run(args: argparse.Namespace) -> int:
     print_summary(summary, pipeline, sys.stderr)
     code = summary.exit_code
     if annotator is not None:
-        code = max(code, finish_annotation(annotator, args.annotate))
+        code = max(code, finish_annotation(annotator, pipeline))
     return code
 
 
@@ -504,13 +518,13 @@ def result_callbacks(
     return {"on_result": both, "on_stream_end": annotator.on_stream_end}
 
 
-def finish_annotation(annotator: Any, folder: str) -> int:
-    """Wait for the annotated videos still being written; their cost on one line. 1 if one
-    could not be written."""
-    stats = annotator.close()
-    from stream.ops.annotate import summary_line
-
-    print(f"{PROG}: {summary_line(stats, folder)}", file=sys.stderr)
-    for problem in stats.errors:
+def finish_annotation(annotator: Any, pipeline: Pipeline) -> int:
+    """Wait for the annotated videos still being written; their cost on a line (files, live).
+    1 if one could not be written."""
+    stages = pipeline.summary.stages if pipeline.summary is not None else {}
+    lines, errors = annotator.finish(stages)
+    for line in lines:
+        print(f"{PROG}: {line}", file=sys.stderr)
+    for problem in errors:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
-    return 1 if stats.errors else 0
+    return 1 if errors else 0

@@ -12,8 +12,8 @@ as capture did), keeps the frames that have a result (all of them, or the sample
 Drawing touches only a box in the top-left corner, on the decoded YUV planes themselves: the
 box is filled dark grey (neutral chroma) and the text written on the luma plane with OpenCV. No
 full-frame colour conversion is made, so outside the box the annotated frame is the source frame
-(exactly so with `crf=0`, lossless H.264). Live sources are not supported yet (they would need
-the source frames as they are captured) and are refused.
+(exactly so with `crf=0`, lossless H.264). Live sources cannot be decoded again: their frames
+come from capture as they are read, and `stream.ops.annotate_live` writes them in segments.
 
 When `--annotate` is off this module is not even imported; the pipeline does not deliver results
 to the main process unless something asks for them.
@@ -226,8 +226,9 @@ class Annotator:
         live = [s for s in specs if s.is_live]
         if live:
             raise UserError(
-                f"--annotate: live sources are not supported yet ({live[0].stream_id}: "
-                f"{live[0].masked_url}); annotate video files only"
+                f"--annotate: {live[0].stream_id} ({live[0].masked_url}) is a live source; "
+                "Annotator decodes files again, LiveAnnotator (stream.ops.annotate_live) takes "
+                "live frames from capture"
             )
         if not 0 <= crf <= 51:
             raise UserError(f"annotate crf must be 0..51, got {crf}")

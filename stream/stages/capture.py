@@ -31,6 +31,7 @@ import zmq
 
 from stream.errors import UserError
 from stream.geometry import Geometry
+from stream.ops.annotate_link import AnnotateLink, FrameTap
 from stream.sources.decode import (
     DecodeCounters,
     PtsSampler,
@@ -73,6 +74,9 @@ class CaptureConfig:
     frame threading holds frames back), FRAME, SLICE or NONE."""
     live: LiveOptions = field(default_factory=LiveOptions)
     """How a live source is opened, watched and reconnected (ignored for files)."""
+    annotate: AnnotateLink | None = None
+    """Live sources with `--annotate`: also send a copy of each frame sent on to the annotator
+    here (stream/ops/annotate_link.py); None = no link, no copies."""
 
     def __post_init__(self) -> None:
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
@@ -115,6 +119,7 @@ class CaptureStage(Stage):
         self._late_drops = 0
         self._failures = 0
         self._scale = WindowScaler(config.geometry)
+        self._tap: FrameTap | None = None
 
     @property
     def spec(self) -> SourceSpec:
@@ -129,6 +134,8 @@ class CaptureStage(Stage):
             self._status_out = self.socket(
                 zmq.PUSH, "status", bind=False, hwm=STATUS_HWM, linger_ms=1000
             )
+        if live and self.config.annotate is not None:
+            self._open_tap(self.config.annotate)
         self.report(messages.READY)
         self.stats.update(frames=0, decoded=0, skipped=0, live=live, dropped=0, reconnects=0)
         if self.config.source is not None:
@@ -326,6 +333,14 @@ class CaptureStage(Stage):
                 self._sent += 1
             except zmq.Again:
                 self._late_drops += 1
+                continue
+            if self._tap is not None:
+                self._tap.send(index, pts, captured, frame)
+
+    def _open_tap(self, link: AnnotateLink) -> None:
+        """Connect the annotate link; shutdown() closes it with the other sockets."""
+        self._tap = FrameTap(link, self.spec.stream_id, self.stats)
+        self._sockets.append(self._tap.open(self.ctx, self.transport))
 
     def _dropped(self) -> int:
         return (self._slot.dropped if self._slot is not None else 0) + self._late_drops

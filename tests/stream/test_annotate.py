@@ -102,7 +102,8 @@ def test_bad_sizes(text, error):
 
 
 def test_live_sources_and_a_folder_that_holds_the_input_are_refused(clip_factory, tmp_path):
-    with pytest.raises(UserError, match=r"live sources are not supported yet \(door: rtsp://"):
+    # (live sources go to annotate_live.LiveAnnotator; Annotator decodes files again)
+    with pytest.raises(UserError, match=r"door \(rtsp://u:\*\*\*@10.0.0.5/s\) is a live source"):
         Annotator(tmp_path, [SourceSpec.parse("door=rtsp://u:p@10.0.0.5/s")])
     clip = clip_factory(320, 180, 25, 30, name="annotate_src")
     with pytest.raises(UserError, match="would replace the input"):
@@ -111,9 +112,8 @@ def test_live_sources_and_a_folder_that_holds_the_input_are_refused(clip_factory
 
 CLI_ERRORS = [
     (
-        ["door=rtsp://user:secret@10.0.0.5/s", "--annotate", "{tmp}"],
-        "ovstream: error: --annotate: live sources are not supported yet "
-        "(door: rtsp://user:***@10.0.0.5/s); annotate video files only",
+        ["door=rtsp://user:secret@10.0.0.5/s", "--annotate", "{tmp}", "--annotate-segment", "-1"],
+        "ovstream: error: --annotate-segment: expected seconds > 0, got -1",
     ),
     (
         ["a.mp4", "--annotate-size", "320x180"],
