@@ -171,6 +171,9 @@ class RemoteWorkers:
 
     def _hello(self, route: bytes, old: Worker | None, meta: dict[str, Any]) -> None:
         name = str(meta.get("name") or route.hex())[:64]
+        if old is not None and not old.inflight:  # a hello queued before it connected
+            self._send(route, "welcome", max_batch=self.max_batch)
+            return
         if old is not None:  # it started again under the same identity: what it held is lost
             self._drop(old, "said hello again")
         identity = meta.get("identity")

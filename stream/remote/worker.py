@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a head silent this long is taken as gone (default {DEFAULT_WORKER_TIMEOUT_S:g})",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus) and /healthz here (PORT alone: loopback)",
+    )
+    parser.add_argument(
         "--once",
         action="store_true",
         help="exit 0 when the head's run ends instead of waiting for the next one",
@@ -100,6 +105,7 @@ class Worker:
 
     def connect(self) -> None:
         sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # nothing queued for a head not there yet
         sock.setsockopt(zmq.LINGER, 2000)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 1000)
@@ -116,7 +122,10 @@ class Worker:
     def send(self, command: str, **meta: Any) -> None:
         assert self.sock is not None
         parts = messages.encode(messages.COMMAND, self.name, 0, {"command": command, **meta})
-        self.sock.send_multipart(parts)
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return  # not connected (yet): said again later
         self.last_sent = time.monotonic()
 
     def hello(self) -> None:
@@ -235,9 +244,21 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    server = None
+    if args.metrics:
+        from stream.ops.metrics import MetricsServer, WorkerCollector
+
+        def healthz() -> tuple[bool, dict[str, Any]]:
+            return True, {"status": "ok", "connected": worker.welcomed}
+
+        server = MetricsServer(
+            None, args.metrics, collector=WorkerCollector(worker), healthz=healthz
+        )
     try:
         return worker.serve()
     finally:
+        if server is not None:
+            server.close()
         if worker.local is not None:
             worker.local.close()
         worker.ctx.destroy(linger=2000)

@@ -211,7 +211,7 @@ class InferStage(Stage):
         sock = self.ctx.socket(zmq.ROUTER)
         self._sockets.append(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.LINGER, 500)  # the closing `reset` reaches the workers
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 1000)
         if cfg.keys:
