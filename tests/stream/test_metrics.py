@@ -208,3 +208,47 @@ def test_bad_metrics_option_is_one_line(lite0_model):
         proc.stderr
         == "ovstream: error: metrics address must be HOST:PORT, :PORT or PORT, got 'x:y'\n"
     )
+
+
+@pytest.mark.slow
+def test_worker_metrics_match_the_head_and_the_worker(model, clip_factory):
+    """A head with no local inference and one worker, both with --metrics: the head's per-worker
+    counters and the worker's own equal the frames the worker reports when it exits."""
+    clip = clip_factory(160, 90, 25, 60, name="metrics_worker")
+    workers = f"tcp://127.0.0.1:{free_port()}"
+    worker_metrics = f"127.0.0.1:{free_port()}"
+    worker = start_cli(
+        "ovstream", "worker", "--connect", workers, "--model", str(model),
+        "--metrics", worker_metrics, "--name", "w1",
+    )  # fmt: skip
+    try:
+        config = PipelineConfig(
+            sources=[str(clip)],
+            model=str(model),
+            publish=None,
+            metrics=":0",
+            workers=workers,
+            local_infer=False,
+        )
+        pipeline = Pipeline(config)
+        scrapes = []
+        summary = pipeline.run(
+            progress=lambda p: scrapes.append(scrape(p.metrics_url)), progress_interval_s=0.0
+        )
+        assert summary.exit_code == 0 and summary.results == 60
+        head = scrapes[-1]
+        assert head["ovstream_workers_connected"][()] == 1
+        done = {dict(k)["worker"]: v for k, v in head["ovstream_worker_frames_total"].items()}
+        own = scrape(f"http://{worker_metrics}")
+        assert own["ovstream_worker_frames_total"][()] == 60
+        assert healthz(f"http://{worker_metrics}")[0] == 200
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0, err
+        assert "60 frame(s) classified" in out
+        # The head's last scrape came before the final results, so at most what the worker did.
+        assert set(done) == {"w1"} and 0 < done["w1"] <= 60
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate(timeout=10)
