@@ -38,7 +38,7 @@ USAGE_ERRORS = [
     (
         ["launch"],
         "ovstream: error: argument COMMAND: invalid choice: 'launch' "
-        "(choose from 'classify', 'run', 'batch', 'subscribe', 'keys') "
+        "(choose from 'classify', 'run', 'batch', 'subscribe', 'worker', 'keys') "
         "(see ovstream --help)",
     ),
 ]

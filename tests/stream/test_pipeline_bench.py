@@ -31,13 +31,24 @@ def test_pipeline_bench_reports_every_figure(model, tmp_path):
         "1",
         "--workdir",
         str(tmp_path),
+        "--streams",
+        "1,2",
         "--json",
         str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    (row,) = json.loads(out.read_text())
-    assert row["clip"] == "320x180" and row["frames"] == 40
+    one, two = json.loads(out.read_text())
+    assert (one["clip"], one["streams"], one["frames"]) == ("320x180*1", 1, 40)
+    assert (two["clip"], two["streams"], two["frames"]) == ("320x180*2", 2, 80)
+    assert set(two["stage_cpu_s"]) == {
+        "capture[bench_320x180_25fps_40f_0]",
+        "capture[bench_320x180_25fps_40f_1]",
+        "preprocess",
+        "infer",
+        "publish",
+    }
+    row = one
     for key in ("pure_fps", "pipeline_fps", "naive_fps", "decode_ms", "peak_rss_mb_sampled"):
         assert row[key] > 0, key
     cores = os.cpu_count() or 1
@@ -66,10 +77,10 @@ def test_pipeline_bench_reports_every_figure(model, tmp_path):
         assert row["cpu_ms_total"] is None and row["overhead_ms"] is None
     assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
     assert set(row["stage_cpu_s"]) == {
-        "capture[bench_320x180_25fps_40f]",
+        "capture[bench_320x180_25fps_40f_0]",
         "preprocess",
         "infer",
         "publish",
     }
     table = proc.stdout.splitlines()
-    assert any(line.split()[:1] == ["320x180"] for line in table)
+    assert any(line.split()[:1] == ["320x180*2"] for line in table)
