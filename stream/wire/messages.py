@@ -93,6 +93,8 @@ MAX_DIMS = 8
 HEADER_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 """What a header may hold beyond JSON's types: counters keyed by numbers, numpy scalars."""
 MAX_BATCH_STREAMS = 4096
+SMALL_BATCH = 32
+"""Batches up to this many frames are checked in plain Python, larger ones with numpy."""
 """Most distinct streams one data message may name."""
 
 
@@ -327,15 +329,27 @@ def _batch(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
         raise MessageError(f"{kind} message: times must be float64 [{n}, 2], got {times.shape}")
     if data.ndim < 1 or data.shape[0] != n:
         raise MessageError(f"{kind} message: data must hold {n} frames, got {data.shape}")
-    if len(streams) > 1 and len(np.unique(index[:, 0])) != len(streams):
-        raise MessageError(f"{kind} message names a stream that has no frame in it")
-    if index.min() < 0:
+    if n <= SMALL_BATCH:  # plain Python: a numpy reduction of a tiny array costs more
+        numbers = [row[0] for row in index.tolist() if min(row) >= 0]
+        lowest, highest = (0, max(numbers)) if len(numbers) == n else (-1, 0)
+        distinct = len(set(numbers))
+        stamps = times.tolist()
+        bad_capture = not all(math.isfinite(c) for _, c in stamps)
+        bad_pts = any(math.isinf(p) for p, _ in stamps)
+    else:
+        lowest, highest = int(index.min()), int(index[:, 0].max())
+        distinct = len(np.unique(index[:, 0]))
+        bad_capture = not np.isfinite(times[:, 1]).all()
+        bad_pts = bool(np.isinf(times[:, 0]).any())
+    if lowest < 0:
         raise MessageError(f"{kind} message: a negative stream number, sequence or frame index")
-    if index[:, 0].max() >= len(streams):
+    if highest >= len(streams):
         raise MessageError(f"{kind} message: a stream number outside 0..{len(streams) - 1}")
-    if not np.isfinite(times[:, 1]).all():
+    if distinct != len(streams):
+        raise MessageError(f"{kind} message names a stream that has no frame in it")
+    if bad_capture:
         raise MessageError(f"{kind} message: a capture time that is not a finite number")
-    if np.isinf(times[:, 0]).any():
+    if bad_pts:
         raise MessageError(f"{kind} message: an infinite pts")
     return Batch(streams, index, times, data)
 
