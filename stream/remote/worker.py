@@ -1,6 +1,7 @@
 """Run inference for a pipeline on another machine.
 
     ovstream worker --connect tcp://HEAD:PORT --model DIR [--keys DIR] [--device CPU]
+                    [--requests N] [--threads N] [--name NAME] [--timeout S] [--once]
 
 The head (`ovstream run ... --workers tcp://ADDR:PORT`) binds the endpoint; a worker connects, says
 hello with its model's identity (name, precision, sha256 of model.xml and model.bin), and once
@@ -56,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="infer requests in flight (default: the device's optimal number)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CPU threads OpenVINO uses (INFERENCE_NUM_THREADS; default: the device's choice)",
     )
     parser.add_argument(
         "--keys",
@@ -127,9 +135,10 @@ class Worker:
         if self.local is None or max_batch > self.compiled_batch:
             if self.local is not None:
                 self.local.close()
+            config = {"INFERENCE_NUM_THREADS": self.args.threads} if self.args.threads else {}
             with captured_stderr():
                 compiled = compile_model(
-                    self.info, self.args.device, "throughput", {}, None, max_batch
+                    self.info, self.args.device, "throughput", config, None, max_batch
                 )
             nreq = self.args.requests or int(
                 compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
@@ -228,6 +237,10 @@ class Worker:
 
 
 def run(args: argparse.Namespace) -> int:
+    for option in ("requests", "threads"):
+        value = getattr(args, option)
+        if value < 0:
+            raise UserError(f"--{option} must be 0 (automatic) or more, got {value}")
     worker = Worker(args)
 
     def stop(*_: Any) -> None:
