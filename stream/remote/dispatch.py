@@ -171,7 +171,12 @@ class RemoteWorkers:
 
     def _hello(self, route: bytes, old: Worker | None, meta: dict[str, Any]) -> None:
         name = str(meta.get("name") or route.hex())[:64]
-        if old is not None:  # it started again under the same identity: what it held is lost
+        if old is not None and not old.inflight:
+            # The same connection asking again: hellos it sent every second while no head
+            # answered, queued by its DEALER and delivered together. Not a new worker.
+            self._send(route, "welcome", max_batch=self.max_batch)
+            return
+        if old is not None:  # it forgot the batches it held (it took the head for gone)
             self._drop(old, "said hello again")
         identity = meta.get("identity")
         reason = (

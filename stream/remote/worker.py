@@ -220,7 +220,8 @@ class Worker:
                 if not isinstance(max_batch, int) or not 1 <= max_batch <= 256:
                     log.warning("worker: bad welcome from the head: max_batch %r", max_batch)
                     continue
-                log.info("worker: connected to %s", self.args.connect)
+                if not self.welcomed:
+                    log.info("worker: connected to %s", self.args.connect)
                 self.welcomed = True
                 self.compile(max_batch)
             elif what == "refuse":
