@@ -12,16 +12,22 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zmq
 
+from stream.remote.dispatch import RemoteWorkers
+from stream.wire import messages
 from stream.wire.transport import free_tcp_port
 from tests.conftest import ROOT, cli_command, run_cli, start_cli
 from tests.remote.conftest import make_keys, worker_folder
-from tests.stream.conftest import count_frames, wait_for
+from tests.stream.conftest import count_frames, recv_within, wait_for
 
 RUN_S = 300
 """A whole run (head or worker) at most."""
 CLASSIFIED = re.compile(r"^ovstream worker: (\d+) frame\(s\) classified$", re.M)
+COMPILED = re.compile(r"worker: \S+ \S+, \d+ requests$", re.M)
+"""What `ovstream -v worker` logs once it compiled the model for a head."""
 WORKERS_LINE = re.compile(
     r"workers: (?P<joined>\d+) joined, (?P<lost>\d+) lost, (?P<resent>\d+) frame\(s\) re-sent, "
     r"(?P<late>\d+) late result\(s\) dropped, (?P<refused>\d+) refused \(model\), "
@@ -59,10 +65,14 @@ def start_head(videos: list[Path], model: Path, output: Path, *args: str) -> sub
     )
 
 
-def start_worker(host, port: int, model: Path, name: str, *args: str) -> subprocess.Popen:
-    """`ovstream worker --once` on `host`, connecting to the head through its veth link."""
+def start_worker(
+    host, port: int, model: Path, name: str, *args: str, log: Path | None = None
+) -> subprocess.Popen:
+    """`ovstream worker --once` on `host`, connecting to the head through its veth link. With
+    `log`, it runs with -v and its stderr goes to that file (to wait for what it says)."""
     argv = cli_command(
         "ovstream",
+        *(["-v"] if log else []),
         "worker",
         "--connect",
         f"tcp://{host.peer_address}:{port}",
@@ -73,7 +83,15 @@ def start_worker(host, port: int, model: Path, name: str, *args: str) -> subproc
         "--once",
         *args,
     )
-    return host.popen(argv, cwd=ROOT)
+    if log is None:
+        return host.popen(argv, cwd=ROOT)
+    with log.open("w") as sink:  # the child keeps its own copy of the descriptor
+        return host.popen(argv, cwd=ROOT, stderr=sink)
+
+
+def compiled(log: Path) -> bool:
+    """Whether the worker logging to `log` compiled the model (a head welcomed it)."""
+    return COMPILED.search(log.read_text()) is not None
 
 
 def finish(proc: subprocess.Popen, timeout: float = RUN_S) -> tuple[int, str, str]:
@@ -158,3 +176,154 @@ def test_two_workers_and_the_local_stage_share_a_batch_of_files(
     counters = worker_counters(err)
     assert counters["joined"] == 2 and counters["lost"] == 0 and counters["resent"] == 0, err
     assert counters["late"] == 0 and counters["refused"] == 0, err
+
+
+def count_results(output: Path) -> int:
+    return len(output.read_text().splitlines()) if output.exists() else 0
+
+
+# -- losing and gaining workers -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_loses_nothing(other_hosts, clip_factory, model, tmp_path):
+    """`kill -9` of one of two workers while it holds frames: its frames run again on the other,
+    every frame still has one result, in order, and the run ends normally."""
+    videos = clips(clip_factory, 4, 150, "kill")
+    endpoint, port = bind_any()
+    a, b = other_hosts.add(), other_hosts.add()
+    logs = {n: tmp_path / f"{n}.log" for n in "ab"}
+    slow = ("--threads", "1", "--requests", "2")
+    victim = start_worker(a, port, model, "a", *slow, log=logs["a"])
+    survivor = start_worker(b, port, model, "b", *slow, log=logs["b"])
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, model, out, "--workers", endpoint, "--insecure", "--no-local-infer",
+        "--max-batch", "2", "--worker-timeout", "2",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: compiled(logs["a"]) and compiled(logs["b"]), 120, "both workers")
+        wait_for(lambda: count_results(out) >= 20, 120, "the first results")
+        victim.kill()  # SIGKILL: no goodbye, its batches in flight stay unanswered
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+    assert code == 0, err
+    total = assert_each_frame_once(out, videos)
+    wcode, wout, _ = finish(survivor)
+    assert wcode == 0, logs["b"].read_text()
+    assert 0 < classified(wout) <= total
+    counters = worker_counters(err)
+    assert counters["joined"] == 2 and counters["lost"] == 1, err
+    assert counters["resent"] > 0, err
+    assert len(lines_with(err, "a silent for 2 s;")) == 1, err
+
+
+@pytest.mark.slow
+def test_a_worker_joining_mid_run_gets_work(other_hosts, clip_factory, model, tmp_path):
+    """A second worker started after the first results appeared is handed frames at once."""
+    videos = clips(clip_factory, 2, 300, "join")
+    endpoint, port = bind_any()
+    a, b = other_hosts.add(), other_hosts.add()
+    first = start_worker(a, port, model, "a", "--threads", "1", "--requests", "1")
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, model, out, "--workers", endpoint, "--insecure", "--no-local-infer",
+        "--max-batch", "2",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: count_results(out) > 0, 120, "the first results")
+        late = start_worker(b, port, model, "b", "--threads", "1")
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+    assert code == 0, err
+    total = assert_each_frame_once(out, videos)
+    done = []
+    for worker in (first, late):
+        wcode, wout, werr = finish(worker)
+        assert wcode == 0, werr
+        done.append(classified(wout))
+    assert done[1] > 0, done  # the latecomer ran frames
+    assert sum(done) == total, (done, total)  # no local inference: the two ran everything
+    counters = worker_counters(err)
+    assert counters["joined"] == 2 and counters["lost"] == 0 and counters["resent"] == 0, err
+
+
+# -- the head's dispatcher on real sockets, without processes ----------------------------------
+
+IDENTITY = {"name": "m", "precision": "fp32", "files": {"model.xml": "x", "model.bin": "b"}}
+
+
+@pytest.fixture
+def link(zctx):
+    """(RemoteWorkers on a loopback ROUTER, a function making connected DEALERs)."""
+    router = zctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    head = RemoteWorkers(router, IDENTITY, max_batch=4, timeout_s=60)
+
+    def dealer() -> zmq.Socket:
+        sock = zctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        return sock
+
+    return head, dealer
+
+
+def say(sock: zmq.Socket, command: str, **meta) -> None:
+    sock.send_multipart(messages.encode(messages.COMMAND, "w", 0, {"command": command, **meta}))
+
+
+def heard(sock: zmq.Socket) -> messages.Message:
+    return messages.decode(recv_within(sock))
+
+
+def one_frame(seq: int) -> messages.Batch:
+    return messages.Batch.single("s", seq, seq, None, 0.0, np.zeros((2, 2, 3), np.uint8))
+
+
+def test_hellos_queued_while_no_head_answered_are_one_worker(link):
+    """A worker waiting for a head says hello every second; its DEALER delivers them all at
+    once: one worker joined, none lost, each hello welcomed."""
+    head, dealer = link
+    sock = dealer()
+    for _ in range(3):
+        say(sock, "hello", identity=IDENTITY, name="w")
+    for _ in range(3):
+        wait_for(lambda: not head.receive() and sock.poll(0), 10, "a welcome")
+        assert heard(sock).meta == {"command": "welcome", "max_batch": 4}
+    assert head.counters["joined"] == 1 and head.counters["lost"] == 0
+    assert len(head.workers) == 1
+
+
+def test_dispatch_passes_over_a_worker_whose_connection_closed(link):
+    """The worker with the most credit is gone (killed): the batch goes to the next one at
+    once instead of waiting for the gone one to time out."""
+    head, dealer = link
+    gone, alive = dealer(), dealer()
+    for sock, credit in ((gone, 2), (alive, 1)):
+        say(sock, "hello", identity=IDENTITY, name="w")
+        say(sock, "credit", requests=credit)
+    wait_for(lambda: not head.receive() and head.free == 3, 10, "both workers' credit")
+    route = next(r for r, w in head.workers.items() if w.credit == 2)
+    gone.close(linger=0)
+
+    def router_knows_it_is_gone() -> bool:
+        try:
+            head.sock.send_multipart([route, b""], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            return exc.errno == zmq.EHOSTUNREACH
+        return False
+
+    wait_for(router_knows_it_is_gone, 10, "the ROUTER to see the connection close")
+    assert head.dispatch(one_frame(0))
+    assert head.workers[route].credit == 0
+    got = heard(alive)
+    while got.kind == messages.COMMAND:  # its welcome first
+        got = heard(alive)
+    assert got.kind == messages.TENSOR and len(got.batch) == 1
+    assert not head.dispatch(one_frame(1))  # no credit left anywhere: the caller keeps it
