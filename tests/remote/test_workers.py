@@ -20,7 +20,7 @@ from stream.remote.dispatch import RemoteWorkers
 from stream.wire import messages
 from stream.wire.transport import free_tcp_port
 from tests.conftest import ROOT, cli_command, run_cli, start_cli
-from tests.remote.conftest import make_keys, worker_folder
+from tests.remote.conftest import make_keys
 from tests.stream.conftest import count_frames, recv_within, wait_for
 
 RUN_S = 300
@@ -327,3 +327,113 @@ def test_dispatch_passes_over_a_worker_whose_connection_closed(link):
         got = heard(alive)
     assert got.kind == messages.TENSOR and len(got.batch) == 1
     assert not head.dispatch(one_frame(1))  # no credit left anywhere: the caller keeps it
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_with_another_model_is_refused_and_the_run_goes_on(
+    other_hosts, clip_factory, lite0_model, tmp_path
+):
+    """Head on fp32, worker on fp16 of the same network: the worker exits 2 with one line, the
+    head logs one line and runs every frame itself."""
+    videos = clips(clip_factory, 3, 200, "mismatch")
+    endpoint, port = bind_any()
+    host = other_hosts.add()
+    worker = start_worker(host, port, lite0_model / "fp16", "halfwidth")
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, lite0_model / "fp32", out, "--workers", endpoint, "--insecure",
+        "--requests", "1", "--max-batch", "1",
+    )  # fmt: skip
+    try:
+        wcode, wout, werr = finish(worker)
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+    assert wcode == 2, werr
+    line = one_error_line(werr)
+    assert "refused this worker" in line and "FP16" in line and "FP32" in line, line
+    assert classified(wout) == 0
+    assert code == 0, err
+    assert_each_frame_once(out, videos)
+    refused = lines_with(err, "refused halfwidth")
+    assert len(refused) == 1 and "FP16" in refused[0], err
+    counters = worker_counters(err)
+    assert counters["refused"] == 1 and counters["joined"] == 0, err
+
+
+@pytest.mark.slow
+def test_only_an_authorized_key_gets_work(
+    other_hosts, clip_factory, model, head_keys, worker_keys, stranger_keys, tmp_path
+):
+    """Head with --keys and no local inference: the worker whose key is in authorized/ runs
+    every frame; the one with an unknown key is refused (and never sees a frame)."""
+    videos = clips(clip_factory, 2, 60, "keys")
+    endpoint, port = bind_any()
+    a, b = other_hosts.add(), other_hosts.add()
+    stranger = start_worker(b, port, model, "stranger", "--keys", str(stranger_keys))
+    trusted = start_worker(a, port, model, "trusted", "--keys", str(worker_keys))
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, model, out, "--workers", endpoint, "--keys", str(head_keys), "--no-local-infer"
+    )
+    try:
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+    assert code == 0, err
+    total = assert_each_frame_once(out, videos)
+    tcode, tout, terr = finish(trusted)
+    assert tcode == 0, terr
+    assert classified(tout) == total
+    stranger.terminate()  # it waits for a head that lets it in
+    scode, sout, serr = finish(stranger, 60)
+    assert scode == 0, serr
+    assert classified(sout) == 0
+    said = lines_with(serr, "refused this worker's key")
+    assert len(said) == 1 and serr.strip() == said[0], serr  # one line, however many tries
+    assert len(lines_with(err, "is not in")) == 1, err  # the head names the refused key once
+    counters = worker_counters(err)
+    assert counters["joined"] == 1 and counters["unauthorized"] >= 1, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "tcp://0.0.0.0:{port}"], "without --keys"),
+        (["--workers", "tcp://*:{port}"], "without --keys"),
+        (["--no-local-infer"], "--no-local-infer needs --workers"),
+        (["--keys", "{keys}"], "needs --workers"),
+    ],
+    ids=["any-address", "star", "no-local-no-workers", "keys-no-workers"],
+)
+def test_head_options_refused_with_one_line(clip_factory, model, tmp_path, args, message):
+    keys = make_keys(tmp_path / "keys")
+    port = free_tcp_port("0.0.0.0")
+    args = [a.format(port=port, keys=keys) for a in args]
+    video = clip_factory(160, 96, 25, 10, name="refused")
+    proc = run_cli(
+        "ovstream", "run", str(video), "--model", str(model), "--publish", "none", *args,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in one_error_line(proc.stderr)
+
+
+@pytest.mark.slow
+def test_insecure_binds_on_every_address_and_runs(clip_factory, model, tmp_path):
+    """With --insecure the head binds 0.0.0.0 (warning once) and, with its local stage, runs to
+    the end though no worker comes."""
+    video = clip_factory(160, 96, 25, 30, name="insecure")
+    out = tmp_path / "results.jsonl"
+    endpoint, _ = bind_any()
+    proc = run_cli(
+        "ovstream", "run", str(video), "--model", str(model), "--publish", "none",
+        "--no-progress", "--output", str(out), "--workers", endpoint, "--insecure", timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(lines_with(proc.stderr, "without encryption")) == 1, proc.stderr
+    assert_each_frame_once(out, [video])
+    assert worker_counters(proc.stderr)["joined"] == 0
