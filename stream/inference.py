@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from stream.wire import messages
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,24 @@ class FrameQueue:
                 pieces.append(head.take(0, want))
                 self._batches[0] = head.take(want, len(head))
                 want = 0
-        chunk = messages.Batch.join(pieces)
+        chunk = only_its_streams(messages.Batch.join(pieces))
         self._count -= len(chunk)
         return chunk
+
+
+def only_its_streams(batch: messages.Batch) -> messages.Batch:
+    """`batch` naming only the streams it has frames of.
+
+    A slice of a batch (`Batch.take`) keeps the whole batch's stream list. Downstream, a LOGITS
+    message is checked against every stream it names, so a chunk naming a stream none of its
+    frames belong to was rejected whole once that stream's end of stream had gone ahead of it
+    (which the infer stage may rightly send: the stream had nothing left in flight), and the
+    frames it did hold were lost."""
+    present = np.unique(batch.index[:, 0])
+    if len(present) == len(batch.streams):
+        return batch
+    remap = np.zeros(len(batch.streams), np.int64)
+    remap[present] = np.arange(len(present))
+    index = batch.index.copy()
+    index[:, 0] = remap[index[:, 0]]
+    return messages.Batch([batch.streams[i] for i in present], index, batch.times, batch.data)

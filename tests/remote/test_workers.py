@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
+from stream.inference import FrameQueue
 from stream.remote.dispatch import RemoteWorkers
 from stream.wire import messages
 from stream.wire.transport import free_tcp_port
@@ -123,13 +124,23 @@ def results(output: Path) -> list[dict]:
     return [json.loads(line) for line in output.read_text().splitlines()]
 
 
-def assert_each_frame_once(output: Path, videos: list[Path]) -> int:
+def assert_each_frame_once(output: Path, videos: list[Path], context: str = "") -> int:
     """Every frame PyAV decodes has exactly one result, in frame order; returns how many."""
     frames: dict[str, list[int]] = defaultdict(list)
     for record in results(output):
         frames[record["stream_id"]].append(record["frame_index"])
     expected = {v.stem: [i for i, _ in count_frames(v)] for v in videos}
-    assert dict(frames) == expected
+    problems = {}
+    for stream, want in expected.items():
+        got = frames.get(stream, [])
+        if got != want:
+            seen = set(got)
+            problems[stream] = {
+                "missing": sorted(set(want) - seen),
+                "twice": sorted(i for i in seen if got.count(i) > 1),
+                "out of order": got != sorted(got),
+            }
+    assert not problems and set(frames) == set(expected), (problems, context)
     return sum(len(f) for f in expected.values())
 
 
@@ -165,7 +176,7 @@ def test_two_workers_and_the_local_stage_share_a_batch_of_files(
     )  # fmt: skip
     code, _, err = finish(head)
     assert code == 0, err
-    total = assert_each_frame_once(out, videos)
+    total = assert_each_frame_once(out, videos, err)
     done = []
     for worker in workers:
         wcode, wout, werr = finish(worker)
@@ -210,7 +221,7 @@ def test_a_worker_killed_mid_run_loses_nothing(other_hosts, clip_factory, model,
     finally:
         head.kill()
     assert code == 0, err
-    total = assert_each_frame_once(out, videos)
+    total = assert_each_frame_once(out, videos, err)
     wcode, wout, _ = finish(survivor)
     assert wcode == 0, logs["b"].read_text()
     assert 0 < classified(wout) <= total
@@ -239,7 +250,7 @@ def test_a_worker_joining_mid_run_gets_work(other_hosts, clip_factory, model, tm
     finally:
         head.kill()
     assert code == 0, err
-    total = assert_each_frame_once(out, videos)
+    total = assert_each_frame_once(out, videos, err)
     done = []
     for worker in (first, late):
         wcode, wout, werr = finish(worker)
@@ -384,7 +395,7 @@ def test_only_an_authorized_key_gets_work(
     finally:
         head.kill()
     assert code == 0, err
-    total = assert_each_frame_once(out, videos)
+    total = assert_each_frame_once(out, videos, err)
     tcode, tout, terr = finish(trusted)
     assert tcode == 0, terr
     assert classified(tout) == total
@@ -437,3 +448,16 @@ def test_insecure_binds_on_every_address_and_runs(clip_factory, model, tmp_path)
     assert len(lines_with(proc.stderr, "without encryption")) == 1, proc.stderr
     assert_each_frame_once(out, [video])
     assert worker_counters(proc.stderr)["joined"] == 0
+
+
+def test_a_chunk_names_only_the_streams_it_holds_frames_of():
+    """Chunks cut from one batch of two streams each name only their own stream: a chunk that
+    named the other one too was rejected whole after that stream's end (its frames lost)."""
+    both = messages.Batch.join([one_frame(0), one_frame(1)])
+    both = messages.Batch(["a", "b"], np.array([[0, 0, 0], [1, 0, 0]]), both.times, both.data)
+    queue = FrameQueue()
+    queue.put(both)
+    first, second = queue.take(1), queue.take(1)
+    assert (first.streams, first.stream_ids()) == (["a"], ["a"])
+    assert (second.streams, second.stream_ids()) == (["b"], ["b"])
+    assert not queue
