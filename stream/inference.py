@@ -133,6 +133,6 @@ class FrameQueue:
                 pieces.append(head.take(0, want))
                 self._batches[0] = head.take(want, len(head))
                 want = 0
-        chunk = messages.Batch.join(pieces)
+        chunk = messages.Batch.join(pieces)  # each piece names only its own streams
         self._count -= len(chunk)
         return chunk

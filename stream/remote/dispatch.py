@@ -99,23 +99,29 @@ class RemoteWorkers:
         return sum(w.credit for w in self.workers.values())
 
     def dispatch(self, chunk: messages.Batch) -> bool:
-        """Send `chunk` to the worker with the most free requests; False if none is free or it
-        could not be sent (the caller keeps the chunk)."""
-        best = max(self.workers.values(), key=lambda w: w.credit, default=None)
-        if best is None or best.credit <= 0:
-            return False
-        chunk_id = self._next_chunk
-        self._next_chunk += 1
-        parts = messages.encode_batch(messages.TENSOR, chunk, {"chunk": chunk_id})
-        try:
-            self.sock.send_multipart([best.route, *parts], copy=False, flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # gone (ROUTER_MANDATORY) or its queue is full
-            log.debug("workers: could not send to %s: %s", best.name, exc)
-            return False
-        best.credit -= 1
-        best.inflight[chunk_id] = chunk
-        best.last_sent = time.monotonic()
-        return True
+        """Send `chunk` to the worker with the most free requests (the next one if that one
+        cannot take it); False if none could (the caller keeps the chunk)."""
+        parts = None
+        for worker in sorted(self.workers.values(), key=lambda w: w.credit, reverse=True):
+            if worker.credit <= 0:
+                break
+            if parts is None:
+                parts = messages.encode_batch(messages.TENSOR, chunk, {"chunk": self._next_chunk})
+            try:
+                self.sock.send_multipart([worker.route, *parts], copy=False, flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # gone (ROUTER_MANDATORY) or its queue is full
+                log.debug("workers: could not send to %s: %s", worker.name, exc)
+                if exc.errno == zmq.EHOSTUNREACH:
+                    # Its connection closed (a killed worker): nothing more for it; what it
+                    # holds goes to others when maintain() drops it.
+                    worker.credit = 0
+                continue
+            worker.credit -= 1
+            worker.inflight[self._next_chunk] = chunk
+            worker.last_sent = time.monotonic()
+            self._next_chunk += 1
+            return True
+        return False
 
     # -- what comes back --------------------------------------------------------------------------
 
@@ -171,10 +177,12 @@ class RemoteWorkers:
 
     def _hello(self, route: bytes, old: Worker | None, meta: dict[str, Any]) -> None:
         name = str(meta.get("name") or route.hex())[:64]
-        if old is not None and not old.inflight:  # a hello queued before it connected
+        if old is not None and not old.inflight:
+            # The same connection asking again: hellos it sent every second while no head
+            # answered, queued by its DEALER and delivered together. Not a new worker.
             self._send(route, "welcome", max_batch=self.max_batch)
             return
-        if old is not None:  # it started again under the same identity: what it held is lost
+        if old is not None:  # it forgot the batches it held (it took the head for gone)
             self._drop(old, "said hello again")
         identity = meta.get("identity")
         reason = (

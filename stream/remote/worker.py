@@ -1,6 +1,7 @@
 """Run inference for a pipeline on another machine.
 
     ovstream worker --connect tcp://HEAD:PORT --model DIR [--keys DIR] [--device CPU]
+                    [--requests N] [--threads N] [--name NAME] [--timeout S] [--once]
 
 The head (`ovstream run ... --workers tcp://ADDR:PORT`) binds the endpoint; a worker connects, says
 hello with its model's identity (name, precision, sha256 of model.xml and model.bin), and once
@@ -58,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="infer requests in flight (default: the device's optimal number)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CPU threads OpenVINO uses (INFERENCE_NUM_THREADS; default: the device's choice)",
+    )
+    parser.add_argument(
         "--keys",
         metavar="DIR",
         help="folder with the head's server.key and this worker's .key_secret (ovstream keys)",
@@ -96,6 +104,9 @@ class Worker:
         self.name = args.name or f"{socket.gethostname()}:{os.getpid()}"
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
+        self.monitor: zmq.Socket | None = None
+        """CURVE handshake events (with --keys): a refused key is said once, not waited on."""
+        self.key_refused = False
         self.local: LocalRequests | None = None
         self.compiled_batch = 0
         self.welcomed = False
@@ -113,6 +124,7 @@ class Worker:
             from stream.remote.security import curve_client, load_client_keys
 
             curve_client(sock, load_client_keys(self.args.keys))
+            self.monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         try:
             sock.connect(self.args.connect)
         except zmq.ZMQError as exc:
@@ -120,13 +132,21 @@ class Worker:
         self.sock = sock
 
     def send(self, command: str, **meta: Any) -> None:
-        assert self.sock is not None
         parts = messages.encode(messages.COMMAND, self.name, 0, {"command": command, **meta})
-        try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return  # not connected (yet): said again later
+        self._put(parts)
+
+    def _put(self, parts: list[Any], copy: bool = True) -> bool:
+        """Send without blocking. With no link to the head (none yet, or its handshake refused
+        this worker's key) the DEALER has nowhere to queue and the message is dropped: hellos and
+        heartbeats come again, and the head runs a batch whose outputs never came elsewhere."""
+        assert self.sock is not None
         self.last_sent = time.monotonic()
+        try:
+            self.sock.send_multipart(parts, copy=copy, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("worker: no link to the head: a message dropped")
+            return False
+        return True
 
     def hello(self) -> None:
         self.send("hello", identity=self.identity, name=self.name)
@@ -136,9 +156,10 @@ class Worker:
         if self.local is None or max_batch > self.compiled_batch:
             if self.local is not None:
                 self.local.close()
+            config = {"INFERENCE_NUM_THREADS": self.args.threads} if self.args.threads else {}
             with captured_stderr():
                 compiled = compile_model(
-                    self.info, self.args.device, "throughput", {}, None, max_batch
+                    self.info, self.args.device, "throughput", config, None, max_batch
                 )
             nreq = self.args.requests or int(
                 compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
@@ -155,6 +176,8 @@ class Worker:
         poller = zmq.Poller()
         assert self.sock is not None
         poller.register(self.sock, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
         registered_fd = None
         while True:
             if self.local is not None and registered_fd != self.local.fd:
@@ -170,6 +193,8 @@ class Worker:
             if registered_fd is not None and registered_fd in events:
                 for chunk, out, chunk_id in self.local.finished():
                     self._answer(chunk, out, chunk_id)
+            if self.monitor is not None and self.monitor in events:
+                self._handshake_event()
             if self.sock in events:
                 code = self._handle_incoming()
                 if code is not None:
@@ -188,9 +213,22 @@ class Worker:
     def _answer(self, chunk: messages.Batch, out: Any, chunk_id: int) -> None:
         assert self.sock is not None
         parts = messages.encode_batch(messages.LOGITS, chunk.with_data(out), {"chunk": chunk_id})
-        self.sock.send_multipart(parts, copy=False)
-        self.last_sent = time.monotonic()
-        self.frames += len(chunk)
+        if self._put(parts, copy=False):
+            self.frames += len(chunk)
+
+    def _handshake_event(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        assert self.monitor is not None
+        event = recv_monitor_message(self.monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and not self.key_refused:
+            # Not fatal: the head reads authorized/ again, so the key may be let in later.
+            self.key_refused = True
+            log.warning(
+                "worker: the head at %s refused this worker's key (its public key is not in the "
+                "head's authorized/ folder); trying again",
+                self.args.connect,
+            )
 
     def _handle_incoming(self) -> int | None:
         assert self.sock is not None
@@ -220,7 +258,8 @@ class Worker:
                 if not isinstance(max_batch, int) or not 1 <= max_batch <= 256:
                     log.warning("worker: bad welcome from the head: max_batch %r", max_batch)
                     continue
-                log.info("worker: connected to %s", self.args.connect)
+                if not self.welcomed:
+                    log.info("worker: connected to %s", self.args.connect)
                 self.welcomed = True
                 self.compile(max_batch)
             elif what == "refuse":
@@ -237,6 +276,10 @@ class Worker:
 
 
 def run(args: argparse.Namespace) -> int:
+    for option in ("requests", "threads"):
+        value = getattr(args, option)
+        if value < 0:
+            raise UserError(f"--{option} must be 0 (automatic) or more, got {value}")
     worker = Worker(args)
 
     def stop(*_: Any) -> None:
@@ -261,5 +304,7 @@ def run(args: argparse.Namespace) -> int:
             server.close()
         if worker.local is not None:
             worker.local.close()
+        if worker.monitor is not None and worker.sock is not None:
+            worker.sock.disable_monitor()
         worker.ctx.destroy(linger=2000)
         print(f"ovstream worker: {worker.frames} frame(s) classified", flush=True)

@@ -10,7 +10,7 @@ import pytest
 
 from stream.remote.keys import DEFAULT_CLIENT, create_keys
 from tests.remote.netns import other_hosts  # noqa: F401  (a fixture)
-from tests.stream.conftest import zctx  # noqa: F401  (a fixture)
+from tests.stream.conftest import model, zctx  # noqa: F401  (fixtures)
 
 
 def make_keys(folder: Path, *clients: str) -> Path:

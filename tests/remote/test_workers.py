@@ -1,0 +1,463 @@
+"""Remote infer workers end to end: the head is `ovstream run` (a subprocess), each worker an
+`ovstream worker` process inside its own network namespace ("another machine",
+tests/remote/netns.py) that connects to the head over its veth link. Every result file is checked
+against PyAV's own frame count: one result per frame, in order, none lost, none twice."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from stream.inference import FrameQueue
+from stream.remote.dispatch import RemoteWorkers
+from stream.wire import messages
+from stream.wire.transport import free_tcp_port
+from tests.conftest import ROOT, cli_command, run_cli, start_cli
+from tests.remote.conftest import make_keys
+from tests.stream.conftest import count_frames, recv_within, wait_for
+
+RUN_S = 300
+"""A whole run (head or worker) at most."""
+CLASSIFIED = re.compile(r"^ovstream worker: (\d+) frame\(s\) classified$", re.M)
+COMPILED = re.compile(r"worker: \S+ \S+, \d+ requests$", re.M)
+"""What `ovstream -v worker` logs once it compiled the model for a head."""
+WORKERS_LINE = re.compile(
+    r"workers: (?P<joined>\d+) joined, (?P<lost>\d+) lost, (?P<resent>\d+) frame\(s\) re-sent, "
+    r"(?P<late>\d+) late result\(s\) dropped, (?P<refused>\d+) refused \(model\), "
+    r"(?P<unauthorized>\d+) refused \(key\)"
+)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def clips(clip_factory, count: int, frames: int, prefix: str) -> list[Path]:
+    """`count` small H.264 files of `frames` frames each, with distinct stream ids."""
+    return [clip_factory(160, 96, 25, frames, name=f"{prefix}{i}") for i in range(count)]
+
+
+def bind_any() -> tuple[str, int]:
+    """The head's worker endpoint on every address (each namespace reaches its own veth peer)."""
+    port = free_tcp_port("0.0.0.0")
+    return f"tcp://0.0.0.0:{port}", port
+
+
+def start_head(videos: list[Path], model: Path, output: Path, *args: str) -> subprocess.Popen:
+    return start_cli(
+        "ovstream",
+        "run",
+        *map(str, videos),
+        "--model",
+        str(model),
+        "--publish",
+        "none",
+        "--no-progress",
+        "--output",
+        str(output),
+        *args,
+    )
+
+
+def start_worker(
+    host, port: int, model: Path, name: str, *args: str, log: Path | None = None
+) -> subprocess.Popen:
+    """`ovstream worker --once` on `host`, connecting to the head through its veth link. With
+    `log`, it runs with -v and its stderr goes to that file (to wait for what it says)."""
+    argv = cli_command(
+        "ovstream",
+        *(["-v"] if log else []),
+        "worker",
+        "--connect",
+        f"tcp://{host.peer_address}:{port}",
+        "--model",
+        str(model),
+        "--name",
+        name,
+        "--once",
+        *args,
+    )
+    if log is None:
+        return host.popen(argv, cwd=ROOT)
+    with log.open("w") as sink:  # the child keeps its own copy of the descriptor
+        return host.popen(argv, cwd=ROOT, stderr=sink)
+
+
+def compiled(log: Path) -> bool:
+    """Whether the worker logging to `log` compiled the model (a head welcomed it)."""
+    return COMPILED.search(log.read_text()) is not None
+
+
+def finish(proc: subprocess.Popen, timeout: float = RUN_S) -> tuple[int, str, str]:
+    """Wait for `proc` to end (it is killed and the test fails after `timeout`)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"{proc.args[:6]} still running after {timeout} s:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+def classified(stdout: str) -> int:
+    """A worker's final count of frames it ran."""
+    found = CLASSIFIED.findall(stdout)
+    assert len(found) == 1, stdout
+    return int(found[0])
+
+
+def worker_counters(stderr: str) -> dict[str, int]:
+    """The head summary's `workers:` line as numbers."""
+    found = WORKERS_LINE.search(stderr)
+    assert found is not None, stderr
+    return {k: int(v) for k, v in found.groupdict().items()}
+
+
+def results(output: Path) -> list[dict]:
+    return [json.loads(line) for line in output.read_text().splitlines()]
+
+
+def assert_each_frame_once(output: Path, videos: list[Path], context: str = "") -> int:
+    """Every frame PyAV decodes has exactly one result, in frame order; returns how many."""
+    frames: dict[str, list[int]] = defaultdict(list)
+    for record in results(output):
+        frames[record["stream_id"]].append(record["frame_index"])
+    expected = {v.stem: [i for i, _ in count_frames(v)] for v in videos}
+    problems = {}
+    for stream, want in expected.items():
+        got = frames.get(stream, [])
+        if got != want:
+            seen = set(got)
+            problems[stream] = {
+                "missing": sorted(set(want) - seen),
+                "twice": sorted(i for i in seen if got.count(i) > 1),
+                "out of order": got != sorted(got),
+            }
+    assert not problems and set(frames) == set(expected), (problems, context)
+    return sum(len(f) for f in expected.values())
+
+
+def lines_with(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]
+
+
+def one_error_line(stderr: str) -> str:
+    """stderr holds one line, `ovstream: error: ...`; returns it."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ovstream: error: "), stderr
+    return lines[0]
+
+
+# -- sharing the work ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_workers_and_the_local_stage_share_a_batch_of_files(
+    other_hosts, clip_factory, model, tmp_path
+):
+    """Two workers on other machines and the head's own infer requests all run frames of six
+    files; each frame has exactly one result, in order."""
+    videos = clips(clip_factory, 6, 60, "share")
+    endpoint, port = bind_any()
+    a, b = other_hosts.add(), other_hosts.add()
+    # Workers outlive heads: they are up first and wait for the run (saying hello every second).
+    workers = [start_worker(h, port, model, n, "--threads", "1") for h, n in ((a, "a"), (b, "b"))]
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, model, out, "--workers", endpoint, "--insecure", "--requests", "1",
+        "--max-batch", "2",
+    )  # fmt: skip
+    code, _, err = finish(head)
+    assert code == 0, err
+    total = assert_each_frame_once(out, videos, err)
+    done = []
+    for worker in workers:
+        wcode, wout, werr = finish(worker)
+        assert wcode == 0, werr
+        done.append(classified(wout))
+    assert all(n > 0 for n in done), done  # both workers ran frames...
+    assert sum(done) < total, (done, total)  # ...and so did the head's own requests
+    counters = worker_counters(err)
+    assert counters["joined"] == 2 and counters["lost"] == 0 and counters["resent"] == 0, err
+    assert counters["late"] == 0 and counters["refused"] == 0, err
+
+
+def count_results(output: Path) -> int:
+    return len(output.read_text().splitlines()) if output.exists() else 0
+
+
+# -- losing and gaining workers -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_loses_nothing(other_hosts, clip_factory, model, tmp_path):
+    """`kill -9` of one of two workers while it holds frames: its frames run again on the other,
+    every frame still has one result, in order, and the run ends normally."""
+    videos = clips(clip_factory, 4, 150, "kill")
+    endpoint, port = bind_any()
+    a, b = other_hosts.add(), other_hosts.add()
+    logs = {n: tmp_path / f"{n}.log" for n in "ab"}
+    slow = ("--threads", "1", "--requests", "2")
+    victim = start_worker(a, port, model, "a", *slow, log=logs["a"])
+    survivor = start_worker(b, port, model, "b", *slow, log=logs["b"])
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, model, out, "--workers", endpoint, "--insecure", "--no-local-infer",
+        "--max-batch", "2", "--worker-timeout", "2",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: compiled(logs["a"]) and compiled(logs["b"]), 120, "both workers")
+        wait_for(lambda: count_results(out) >= 20, 120, "the first results")
+        victim.kill()  # SIGKILL: no goodbye, its batches in flight stay unanswered
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+    assert code == 0, err
+    total = assert_each_frame_once(out, videos, err)
+    wcode, wout, _ = finish(survivor)
+    assert wcode == 0, logs["b"].read_text()
+    assert 0 < classified(wout) <= total
+    counters = worker_counters(err)
+    assert counters["joined"] == 2 and counters["lost"] == 1, err
+    assert counters["resent"] > 0, err
+    assert len(lines_with(err, "a silent for 2 s;")) == 1, err
+
+
+@pytest.mark.slow
+def test_a_worker_joining_mid_run_gets_work(other_hosts, clip_factory, model, tmp_path):
+    """A second worker started after the first results appeared is handed frames at once."""
+    videos = clips(clip_factory, 2, 300, "join")
+    endpoint, port = bind_any()
+    a, b = other_hosts.add(), other_hosts.add()
+    first = start_worker(a, port, model, "a", "--threads", "1", "--requests", "1")
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, model, out, "--workers", endpoint, "--insecure", "--no-local-infer",
+        "--max-batch", "2",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: count_results(out) > 0, 120, "the first results")
+        late = start_worker(b, port, model, "b", "--threads", "1")
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+    assert code == 0, err
+    total = assert_each_frame_once(out, videos, err)
+    done = []
+    for worker in (first, late):
+        wcode, wout, werr = finish(worker)
+        assert wcode == 0, werr
+        done.append(classified(wout))
+    assert done[1] > 0, done  # the latecomer ran frames
+    assert sum(done) == total, (done, total)  # no local inference: the two ran everything
+    counters = worker_counters(err)
+    assert counters["joined"] == 2 and counters["lost"] == 0 and counters["resent"] == 0, err
+
+
+# -- the head's dispatcher on real sockets, without processes ----------------------------------
+
+IDENTITY = {"name": "m", "precision": "fp32", "files": {"model.xml": "x", "model.bin": "b"}}
+
+
+@pytest.fixture
+def link(zctx):
+    """(RemoteWorkers on a loopback ROUTER, a function making connected DEALERs)."""
+    router = zctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    head = RemoteWorkers(router, IDENTITY, max_batch=4, timeout_s=60)
+
+    def dealer() -> zmq.Socket:
+        sock = zctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        return sock
+
+    return head, dealer
+
+
+def say(sock: zmq.Socket, command: str, **meta) -> None:
+    sock.send_multipart(messages.encode(messages.COMMAND, "w", 0, {"command": command, **meta}))
+
+
+def heard(sock: zmq.Socket) -> messages.Message:
+    return messages.decode(recv_within(sock))
+
+
+def one_frame(seq: int) -> messages.Batch:
+    return messages.Batch.single("s", seq, seq, None, 0.0, np.zeros((2, 2, 3), np.uint8))
+
+
+def test_hellos_queued_while_no_head_answered_are_one_worker(link):
+    """A worker waiting for a head says hello every second; its DEALER delivers them all at
+    once: one worker joined, none lost, each hello welcomed."""
+    head, dealer = link
+    sock = dealer()
+    for _ in range(3):
+        say(sock, "hello", identity=IDENTITY, name="w")
+    for _ in range(3):
+        wait_for(lambda: not head.receive() and sock.poll(0), 10, "a welcome")
+        assert heard(sock).meta == {"command": "welcome", "max_batch": 4}
+    assert head.counters["joined"] == 1 and head.counters["lost"] == 0
+    assert len(head.workers) == 1
+
+
+def test_dispatch_passes_over_a_worker_whose_connection_closed(link):
+    """The worker with the most credit is gone (killed): the batch goes to the next one at
+    once instead of waiting for the gone one to time out."""
+    head, dealer = link
+    gone, alive = dealer(), dealer()
+    for sock, credit in ((gone, 2), (alive, 1)):
+        say(sock, "hello", identity=IDENTITY, name="w")
+        say(sock, "credit", requests=credit)
+    wait_for(lambda: not head.receive() and head.free == 3, 10, "both workers' credit")
+    route = next(r for r, w in head.workers.items() if w.credit == 2)
+    gone.close(linger=0)
+
+    def router_knows_it_is_gone() -> bool:
+        try:
+            head.sock.send_multipart([route, b""], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            return exc.errno == zmq.EHOSTUNREACH
+        return False
+
+    wait_for(router_knows_it_is_gone, 10, "the ROUTER to see the connection close")
+    assert head.dispatch(one_frame(0))
+    assert head.workers[route].credit == 0
+    got = heard(alive)
+    while got.kind == messages.COMMAND:  # its welcome first
+        got = heard(alive)
+    assert got.kind == messages.TENSOR and len(got.batch) == 1
+    assert not head.dispatch(one_frame(1))  # no credit left anywhere: the caller keeps it
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_with_another_model_is_refused_and_the_run_goes_on(
+    other_hosts, clip_factory, lite0_model, tmp_path
+):
+    """Head on fp32, worker on fp16 of the same network: the worker exits 2 with one line, the
+    head logs one line and runs every frame itself."""
+    videos = clips(clip_factory, 3, 200, "mismatch")
+    endpoint, port = bind_any()
+    host = other_hosts.add()
+    worker = start_worker(host, port, lite0_model / "fp16", "halfwidth")
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, lite0_model / "fp32", out, "--workers", endpoint, "--insecure",
+        "--requests", "1", "--max-batch", "1",
+    )  # fmt: skip
+    try:
+        wcode, wout, werr = finish(worker)
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+    assert wcode == 2, werr
+    line = one_error_line(werr)
+    assert "refused this worker" in line and "FP16" in line and "FP32" in line, line
+    assert classified(wout) == 0
+    assert code == 0, err
+    assert_each_frame_once(out, videos)
+    refused = lines_with(err, "refused halfwidth")
+    assert len(refused) == 1 and "FP16" in refused[0], err
+    counters = worker_counters(err)
+    assert counters["refused"] == 1 and counters["joined"] == 0, err
+
+
+@pytest.mark.slow
+def test_only_an_authorized_key_gets_work(
+    other_hosts, clip_factory, model, head_keys, worker_keys, stranger_keys, tmp_path
+):
+    """Head with --keys and no local inference: the worker whose key is in authorized/ runs
+    every frame; the one with an unknown key is refused (and never sees a frame)."""
+    videos = clips(clip_factory, 2, 60, "keys")
+    endpoint, port = bind_any()
+    a, b = other_hosts.add(), other_hosts.add()
+    stranger = start_worker(b, port, model, "stranger", "--keys", str(stranger_keys))
+    trusted = start_worker(a, port, model, "trusted", "--keys", str(worker_keys))
+    out = tmp_path / "results.jsonl"
+    head = start_head(
+        videos, model, out, "--workers", endpoint, "--keys", str(head_keys), "--no-local-infer"
+    )
+    try:
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+    assert code == 0, err
+    total = assert_each_frame_once(out, videos, err)
+    tcode, tout, terr = finish(trusted)
+    assert tcode == 0, terr
+    assert classified(tout) == total
+    stranger.terminate()  # it waits for a head that lets it in
+    scode, sout, serr = finish(stranger, 60)
+    assert scode == 0, serr
+    assert classified(sout) == 0
+    said = lines_with(serr, "refused this worker's key")
+    assert len(said) == 1 and serr.strip() == said[0], serr  # one line, however many tries
+    assert len(lines_with(err, "is not in")) == 1, err  # the head names the refused key once
+    counters = worker_counters(err)
+    assert counters["joined"] == 1 and counters["unauthorized"] >= 1, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "tcp://0.0.0.0:{port}"], "without --keys"),
+        (["--workers", "tcp://*:{port}"], "without --keys"),
+        (["--no-local-infer"], "--no-local-infer needs --workers"),
+        (["--keys", "{keys}"], "needs --workers"),
+    ],
+    ids=["any-address", "star", "no-local-no-workers", "keys-no-workers"],
+)
+def test_head_options_refused_with_one_line(clip_factory, model, tmp_path, args, message):
+    keys = make_keys(tmp_path / "keys")
+    port = free_tcp_port("0.0.0.0")
+    args = [a.format(port=port, keys=keys) for a in args]
+    video = clip_factory(160, 96, 25, 10, name="refused")
+    proc = run_cli(
+        "ovstream", "run", str(video), "--model", str(model), "--publish", "none", *args,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in one_error_line(proc.stderr)
+
+
+@pytest.mark.slow
+def test_insecure_binds_on_every_address_and_runs(clip_factory, model, tmp_path):
+    """With --insecure the head binds 0.0.0.0 (warning once) and, with its local stage, runs to
+    the end though no worker comes."""
+    video = clip_factory(160, 96, 25, 30, name="insecure")
+    out = tmp_path / "results.jsonl"
+    endpoint, _ = bind_any()
+    proc = run_cli(
+        "ovstream", "run", str(video), "--model", str(model), "--publish", "none",
+        "--no-progress", "--output", str(out), "--workers", endpoint, "--insecure", timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(lines_with(proc.stderr, "without encryption")) == 1, proc.stderr
+    assert_each_frame_once(out, [video])
+    assert worker_counters(proc.stderr)["joined"] == 0
+
+
+def test_a_chunk_names_only_the_streams_it_holds_frames_of():
+    """Chunks cut from one batch of two streams each name only their own stream: a chunk that
+    named the other one too was rejected whole after that stream's end (its frames lost)."""
+    both = messages.Batch.join([one_frame(0), one_frame(1)])
+    both = messages.Batch(["a", "b"], np.array([[0, 0, 0], [1, 0, 0]]), both.times, both.data)
+    queue = FrameQueue()
+    queue.put(both)
+    first, second = queue.take(1), queue.take(1)
+    assert (first.streams, first.stream_ids()) == (["a"], ["a"])
+    assert (second.streams, second.stream_ids()) == (["b"], ["b"])
+    assert not queue
