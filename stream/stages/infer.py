@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ import zmq
 
 from stream.inference import FrameQueue, LocalRequests, captured_stderr
 from stream.model import compile_model, load_info
-from stream.stages.base import Stage, StreamTracker
+from stream.stages.base import STATS_INTERVAL_S, Stage, StreamTracker
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.wire import messages
 from stream.wire.transport import TransportConfig, bind_error, send
@@ -79,6 +80,7 @@ class InferStage(Stage):
         self._local: LocalRequests | None = None
         self._remote: Any = None
         self._auth: Any = None
+        self._workers_at = 0.0
 
     def run(self) -> None:
         cfg = self.config
@@ -159,6 +161,7 @@ class InferStage(Stage):
                     self._pending.update(msg.batch.stream_ids())
             self._start(max_batch)
         self.complete = tracker.done
+        self._worker_stats(force=True)
         self.tick(force=True)
 
     def _start(self, max_batch: int) -> None:
@@ -177,10 +180,18 @@ class InferStage(Stage):
                 break
         self.stats["inflight"] = local.inflight if local is not None else 0
         self.stats["queued"] = len(queued)
-        if remote is not None:
-            self.stats["workers"] = remote.stats()
-            if self._auth is not None:
-                self.stats["workers"]["unauthorized"] = self._auth.refused
+        self._worker_stats()
+
+    def _worker_stats(self, force: bool = False) -> None:
+        """The workers' counters into the stage's report (a dict per worker: not on every event
+        of a busy loop)."""
+        now = time.monotonic()
+        if self._remote is None or (not force and now - self._workers_at < STATS_INTERVAL_S / 2):
+            return
+        self._workers_at = now
+        self.stats["workers"] = self._remote.stats()
+        if self._auth is not None:
+            self.stats["workers"]["unauthorized"] = self._auth.refused
 
     def _send_results(self, chunk: messages.Batch, out: Any) -> bool:
         parts = messages.encode_batch(messages.LOGITS, chunk.with_data(out))
