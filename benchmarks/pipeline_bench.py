@@ -143,10 +143,14 @@ def pipeline_run(
     def sample(p: Pipeline) -> None:
         peak[0] = max(peak[0], tree_rss_mb([os.getpid(), *p.pids.values()]))
         cpu = {"supervisor": cpu_seconds()}
+        read = []
         for name, pid in p.pids.items():
             with contextlib.suppress(psutil.Error):
                 times = psutil.Process(pid).cpu_times()
-                cpu[name.split("[")[0]] = times.user + times.system
+                kind = name.split("[")[0]  # the captures of all streams together
+                cpu[kind] = cpu.get(kind, 0.0) + times.user + times.system
+                read.append(name)
+        cpu["_processes"] = hash(frozenset(read))  # steady_stage_ms compares like with like
         cpu_samples.append((time.time(), cpu))
 
     wall_start = time.perf_counter()
@@ -182,11 +186,11 @@ def steady_stage_ms(
     if len(inside) < 2:
         return {}
     t0, a = inside[0]
-    t1, b = [(t, cpu) for t, cpu in inside if cpu.keys() == a.keys()][-1]
+    t1, b = [(t, cpu) for t, cpu in inside if cpu["_processes"] == a["_processes"]][-1]
     results = sum(t0 <= t < t1 for t in publish)
     if results == 0:
         return {}
-    return {k: (b[k] - a[k]) * 1e3 / results for k in b if k in a}
+    return {k: (b[k] - a[k]) * 1e3 / results for k in b if k in a and k != "_processes"}
 
 
 def _fmt(value: float | None, width: int, digits: int) -> str:
