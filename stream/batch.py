@@ -81,6 +81,7 @@ class BatchConfig:
     worker_timeout_s: float = 5.0
     keys: str | None = None
     insecure: bool = False
+    secure_publish: bool = False
     decoder_threads: str = "AUTO"
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
     transport: TransportConfig = field(default_factory=TransportConfig)
@@ -334,6 +335,7 @@ class _Run:
             worker_timeout_s=cfg.worker_timeout_s,
             keys=cfg.keys,
             insecure=cfg.insecure,
+            secure_publish=cfg.secure_publish,
             decoder_threads=cfg.decoder_threads,
             transport=cfg.transport,
             jobs=cfg.max_jobs,

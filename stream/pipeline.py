@@ -109,6 +109,9 @@ class PipelineConfig:
     its `authorized/`; None = plain tcp (loopback only, unless `insecure`)."""
     insecure: bool = False
     """Allow binding `workers` on a non-loopback address without keys."""
+    secure_publish: bool = False
+    """With `keys`: the results' PUB socket uses CURVE too (subscribers: `ovstream subscribe
+    --keys`, their public keys in `keys/authorized`)."""
     decoder_threads: str = "AUTO"
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
     wait_subscribers: int = 0
@@ -161,8 +164,15 @@ class PipelineConfig:
             check_bind(self.workers, self.keys, self.insecure)
         elif not self.local_infer:
             raise UserError("--no-local-infer needs --workers (somewhere to run inference)")
-        elif self.keys:
-            raise UserError("--keys secures the worker link: it needs --workers")
+        elif self.keys and not self.secure_publish:
+            raise UserError(
+                "--keys secures the worker link (and with --secure-publish the PUB "
+                "socket): it needs --workers or --secure-publish"
+            )
+        if self.secure_publish and not self.keys:
+            raise UserError("--secure-publish needs --keys DIR")
+        if self.secure_publish and self.publish is None:
+            raise UserError("--secure-publish needs a PUB socket (not --publish none)")
         if self.worker_timeout_s <= 0:
             raise UserError(f"worker timeout must be positive, got {self.worker_timeout_s}")
         if self.wait_subscribers < 0:
@@ -300,6 +310,7 @@ class Pipeline:
                     subscriber_timeout_s=cfg.subscriber_timeout_s,
                     mqtt=cfg.mqtt,
                     mqtt_qos=cfg.mqtt_qos,
+                    keys=cfg.keys if cfg.secure_publish else None,
                 ),
                 cfg.transport,
                 endpoints,

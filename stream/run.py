@@ -98,6 +98,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         "workers whose keys are in DIR/authorized",
     )
     remote.add_argument(
+        "--secure-publish",
+        action="store_true",
+        help="with --keys: the results' PUB socket uses CURVE too (ovstream subscribe --keys)",
+    )
+    remote.add_argument(
         "--insecure",
         action="store_true",
         help="allow --workers on a non-loopback address without --keys",
@@ -275,6 +280,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         worker_timeout_s=args.worker_timeout,
         keys=args.keys,
         insecure=args.insecure,
+        secure_publish=args.secure_publish,
         wait_subscribers=args.wait_subscribers,
         subscriber_timeout_s=args.subscriber_timeout,
         jobs=args.jobs,

@@ -51,6 +51,7 @@ def subscribe(
     raw: bool = False,
     events: str = "results",
     until_eos: bool = False,
+    keys: str | None = None,
 ) -> Iterator[Any]:
     """Yield result records (dicts, or the JSON bytes with `raw`) from a pipeline's PUB socket.
 
@@ -59,6 +60,8 @@ def subscribe(
     SubscribeTimeout when that long passes without a message; None waits for ever. Malformed
     messages are skipped with a warning. `until_eos`: return once every stream seen has ended
     (see `EndTracker`); status events are then received (not yielded unless `events` asks).
+    `keys`: a folder with the head's `server.key` and a client's `.key_secret` (`ovstream keys`),
+    for a run with `--secure-publish`.
     """
     check_endpoint(endpoint)
     if events not in EVENTS:
@@ -66,6 +69,10 @@ def subscribe(
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
+    if keys:
+        from stream.remote.security import curve_client, load_client_keys
+
+        curve_client(sock, load_client_keys(keys))
     sock.setsockopt(zmq.RCVHWM, 100000)
     status_prefix = STATUS_TOPIC_PREFIX.encode()
     if events in ("results", "all"):
@@ -197,6 +204,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="give up after S seconds without a result (exit 1)",
     )
     parser.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="CURVE keys (the head's server.key and a client .key_secret) for a run with "
+        "--secure-publish",
+    )
+    parser.add_argument(
         "--until-eos",
         action="store_true",
         help="exit 0 once every stream seen has ended (all its results received)",
@@ -216,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             raw=True,
             events=args.events,
             until_eos=args.until_eos,
+            keys=args.keys,
         ):
             out.write(data + b"\n")
             out.flush()

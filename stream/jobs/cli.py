@@ -118,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         worker_timeout_s=args.worker_timeout,
         keys=args.keys,
         insecure=args.insecure,
+        secure_publish=args.secure_publish,
         transport=TransportConfig(scheme=args.transport),
         metrics=args.metrics,
     )

@@ -372,6 +372,8 @@ class StreamTracker:
     def check(self, msg: messages.Message) -> str | None:
         """None if `msg` (a batch of frames, or an end of stream) may be processed, else why it
         must be rejected. A batch is taken or rejected whole."""
+        if msg.kind == messages.STATUS:  # a pipeline-wide event (infer: the workers)
+            return None
         streams = msg.batch.streams if msg.batch is not None else [msg.stream]
         for stream in streams:
             if stream not in self.expected:

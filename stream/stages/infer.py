@@ -81,6 +81,7 @@ class InferStage(Stage):
         self._remote: Any = None
         self._auth: Any = None
         self._workers_at = 0.0
+        self._workers_available: bool | None = None
 
     def run(self) -> None:
         cfg = self.config
@@ -160,6 +161,8 @@ class InferStage(Stage):
                     queued.put(msg.batch)
                     self._pending.update(msg.batch.stream_ids())
             self._start(max_batch)
+            if remote is not None and local is None:
+                self._announce_workers(len(remote.workers))
         self.complete = tracker.done
         self._worker_stats(force=True)
         self.tick(force=True)
@@ -181,6 +184,19 @@ class InferStage(Stage):
         self.stats["inflight"] = local.inflight if local is not None else 0
         self.stats["queued"] = len(queued)
         self._worker_stats()
+
+    def _announce_workers(self, connected: int) -> None:
+        """With inference only on workers: tell publish (status events of every source) when
+        none is left to run frames, and when one is back; the progress line says it too."""
+        available = connected > 0
+        if available == self._workers_available:
+            return
+        if not available and self._workers_available is not None:
+            log.warning("infer: no worker left; frames wait for one")
+        self._workers_available = available
+        event = "workers_available" if available else "waiting_for_workers"
+        parts = messages.encode(messages.STATUS, "infer", 0, {"event": event, "workers": connected})
+        send(self._out, parts, self.should_stop)
 
     def _worker_stats(self, force: bool = False) -> None:
         """The workers' counters into the stage's report (a dict per worker: not on every event

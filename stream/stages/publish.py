@@ -31,7 +31,13 @@ from stream.ops.mqtt import MqttPublisher, parse_mqtt_url
 from stream.results_file import output_problem
 from stream.stages.base import Stage, StreamTracker
 from stream.wire import messages
-from stream.wire.transport import TransportConfig, open_socket, receive_message, send
+from stream.wire.transport import (
+    TransportConfig,
+    bind_error,
+    open_socket,
+    receive_message,
+    send,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,9 @@ class PublishConfig:
     """`mqtt://[user:pass@]HOST[:PORT]/PREFIX` to publish results and status events to."""
     mqtt_qos: int = 0
     """QoS of those MQTT messages: 0 (at most once) or 1 (at least once)."""
+    keys: str | None = None
+    """CURVE keys folder (`ovstream keys`): the PUB socket encrypts and takes only subscribers
+    whose public keys are in its `authorized/`; None = plain."""
 
     def __post_init__(self) -> None:
         if self.topk < 1:
@@ -160,6 +169,8 @@ class PublishStage(Stage):
         self._file: IO[bytes] | None = None
         self._mqtt: MqttPublisher | None = None
         self._published: dict[str, int] = {}
+        self._auth: Any = None
+        self._last_status: dict[str, dict[str, Any]] = {}
         self._latency: dict[str, dict[str, Any]] = {}
 
     def run(self) -> None:
@@ -167,9 +178,12 @@ class PublishStage(Stage):
         info = load_info(cfg.model)
         self._in = self.socket(zmq.PULL, "logits", bind=True)
         if cfg.publish:
-            self._pub = open_socket(
-                self.ctx, zmq.XPUB, cfg.publish, True, self.transport, hwm=PUB_HWM, linger_ms=2000
-            )
+            if cfg.keys:
+                self._pub = self._secure_pub(cfg.publish, cfg.keys)
+            else:
+                self._pub = open_socket(
+                    self.ctx, zmq.XPUB, cfg.publish, True, self.transport, PUB_HWM, 2000
+                )
             self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         if cfg.output:
             try:
@@ -218,9 +232,12 @@ class PublishStage(Stage):
             self.tick()
             self._drain_subscriptions()
             self._forward_status()
-            kinds = (messages.LOGITS, messages.EOS)
+            kinds = (messages.LOGITS, messages.EOS, messages.STATUS)
             msg = self.receive_checked(self._in, timeout, "logits", kinds, tracker, check_logits)
             if msg is None:
+                continue
+            if msg.kind == messages.STATUS:
+                self._workers_event(msg)
                 continue
             if msg.kind == messages.EOS:
                 rest, missing = orders[msg.stream].finish(int(msg.meta["count"]))
@@ -287,18 +304,47 @@ class PublishStage(Stage):
             if msg.kind != messages.STATUS or not isinstance(record, dict):
                 self.reject(f"unexpected {msg.kind} message on the status link")
                 continue
-            self.stats["status"] += 1
-            data = messages.dump_result(record)
-            topic = messages.status_topic(msg.stream).encode()
-            if self._pub is not None:
-                try:
-                    self._pub.send_multipart([topic, data], flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    self.stats["pub_dropped"] += 1
-            if self._mqtt is not None:
-                self._mqtt.publish_status(msg.stream, data)
-            if self._sink is not None:
-                send(self._sink, [topic, data], self.should_stop)
+            self._last_status[msg.stream] = record
+            self._emit_status(msg.stream, record)
+
+    def _emit_status(self, stream: str, record: dict[str, Any]) -> None:
+        self.stats["status"] += 1
+        data = messages.dump_result(record)
+        topic = messages.status_topic(stream).encode()
+        if self._pub is not None:
+            try:
+                self._pub.send_multipart([topic, data], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats["pub_dropped"] += 1
+        if self._mqtt is not None:
+            self._mqtt.publish_status(stream, data)
+        if self._sink is not None:
+            send(self._sink, [topic, data], self.should_stop)
+
+    def _workers_event(self, msg: messages.Message) -> None:
+        """Infer's word on the remote workers, as a status event of every source still running,
+        with that source's counters as of its last event."""
+        event, workers = msg.meta.get("event"), msg.meta.get("workers")
+        if event not in ("waiting_for_workers", "workers_available") or not isinstance(
+            workers, int
+        ):
+            self.reject(f"status from infer: bad event {event!r}")
+            return
+        self._forward_status()  # the sources' own events first
+        now = time.time()
+        for stream in self._published:  # the streams that have not ended
+            last = self._last_status.get(stream, {})
+            record = messages.status_record(
+                stream,
+                self.config.sources[stream],
+                event,
+                now,
+                frames=int(last.get("frames", 0)),
+                sent=int(last.get("sent", 0)),
+                dropped=int(last.get("dropped", 0)),
+                workers=workers,
+            )
+            self._emit_status(stream, record)
 
     def _emit(self, record: dict[str, Any]) -> bool:
         data = messages.dump_result(record)
@@ -353,7 +399,27 @@ class PublishStage(Stage):
         self.stats["subscriptions"] = seen
         self.stats["waiting_subscribers"] = 0
 
+    def _secure_pub(self, endpoint: str, keys_dir: str) -> zmq.Socket:
+        """The XPUB socket as a CURVE server, subscribers checked against `authorized/`."""
+        from stream.remote.security import Authenticator, curve_server, load_server_keys
+
+        keys = load_server_keys(keys_dir)
+        self._auth = Authenticator(self.ctx, keys.authorized).start()  # before the bind
+        sock = self.ctx.socket(zmq.XPUB)
+        self._sockets.append(sock)
+        sock.setsockopt(zmq.SNDHWM, PUB_HWM)
+        sock.setsockopt(zmq.LINGER, 2000)
+        curve_server(sock, keys)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise bind_error(endpoint, exc) from None
+        return sock
+
     def close(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._mqtt is not None:
             self._mqtt.close()
             self._mqtt = None

@@ -57,6 +57,8 @@ STATUS_EVENTS = (
     "reconnect_scheduled",
     "end_of_stream",
     "error",
+    "waiting_for_workers",
+    "workers_available",
 )
 
 # Data kinds flow downstream between stages; control kinds go from a stage to the supervisor.

@@ -461,3 +461,45 @@ def test_a_chunk_names_only_the_streams_it_holds_frames_of():
     assert (first.streams, first.stream_ids()) == (["a"], ["a"])
     assert (second.streams, second.stream_ids()) == (["b"], ["b"])
     assert not queue
+
+
+@pytest.mark.slow
+def test_status_events_say_when_no_worker_is_there_to_run_frames(model, clip_factory):
+    """With inference only on workers, every running source gets a `waiting_for_workers` status
+    event while none is connected, and `workers_available` once one is; both follow the
+    published schema, and the run then ends with every frame."""
+    import jsonschema
+
+    from stream.pipeline import Pipeline, PipelineConfig
+
+    (video,) = clips(clip_factory, 1, 40, "waiting")
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    config = PipelineConfig(
+        sources=[str(video)], model=str(model), publish=None, workers=endpoint, local_infer=False
+    )
+    pipeline = Pipeline(config)
+    results: list[dict] = []
+    workers: list[subprocess.Popen] = []
+
+    def start_worker_once_waiting(p: Pipeline) -> None:
+        waiting = [e for e in p.supervisor.status_events if e["event"] == "waiting_for_workers"]
+        if waiting and not workers:
+            worker = ["worker", "--connect", endpoint, "--model", str(model), "--once"]
+            workers.append(start_cli("ovstream", *worker))
+
+    try:
+        summary = pipeline.run(
+            on_result=results.append, progress=start_worker_once_waiting, progress_interval_s=0.1
+        )
+        assert summary.exit_code == 0 and len(results) == 40
+        events = [e for e in pipeline.supervisor.status_events if "workers" in e]
+        assert [e["event"] for e in events] == ["waiting_for_workers", "workers_available"]
+        assert [e["workers"] for e in events] == [0, 1]
+        schema = messages.load_status_schema()
+        for event in events:
+            jsonschema.validate(event, schema)
+            assert event["stream_id"] == video.stem
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.communicate(timeout=30)
