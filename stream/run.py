@@ -115,6 +115,24 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The PipelineConfig (and BatchConfig) fields of `add_inference_arguments`' options."""
+    return {
+        "device": args.device,
+        "mode": args.mode,
+        "topk": args.topk,
+        "requests": args.requests,
+        "max_batch": args.max_batch,
+        "workers": args.workers,
+        "local_infer": args.local_infer,
+        "worker_timeout_s": args.worker_timeout,
+        "keys": args.keys,
+        "insecure": args.insecure,
+        "secure_publish": args.secure_publish,
+        "transport": TransportConfig(scheme=args.transport),
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sources",
@@ -268,25 +286,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
         sources=sources,
         model=args.model,
-        device=args.device,
         publish=publish,
         output=args.output,
         fps=args.fps,
-        topk=args.topk,
-        requests=args.requests,
-        max_batch=args.max_batch,
-        workers=args.workers,
-        local_infer=args.local_infer,
-        worker_timeout_s=args.worker_timeout,
-        keys=args.keys,
-        insecure=args.insecure,
-        secure_publish=args.secure_publish,
         wait_subscribers=args.wait_subscribers,
         subscriber_timeout_s=args.subscriber_timeout,
         jobs=args.jobs,
-        transport=TransportConfig(scheme=args.transport),
-        mode=args.mode,
         live=live,
+        **inference_options(args),
         metrics=args.metrics,
         mqtt=args.mqtt,
         mqtt_qos=args.mqtt_qos,

@@ -20,9 +20,14 @@ from typing import TextIO
 from stream.batch import BatchConfig, BatchProgress, BatchSummary, job_status, run_batch
 from stream.errors import UserError
 from stream.jobs.state import StatusSummary
-from stream.run import StatusLine, add_inference_arguments, positive_float, publish_endpoint
+from stream.run import (
+    StatusLine,
+    add_inference_arguments,
+    inference_options,
+    positive_float,
+    publish_endpoint,
+)
 from stream.stages.publish import DEFAULT_PUBLISH
-from stream.wire.transport import TransportConfig
 
 PROG = "ovstream"
 
@@ -107,20 +112,9 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         restart=args.restart,
         publish=publish_endpoint(args.publish),
         wait_subscribers=args.wait_subscribers,
-        device=args.device,
         fps=args.fps,
-        mode=args.mode,
-        topk=args.topk,
-        requests=args.requests,
-        max_batch=args.max_batch,
-        workers=args.workers,
-        local_infer=args.local_infer,
-        worker_timeout_s=args.worker_timeout,
-        keys=args.keys,
-        insecure=args.insecure,
-        secure_publish=args.secure_publish,
-        transport=TransportConfig(scheme=args.transport),
         metrics=args.metrics,
+        **inference_options(args),
     )
 
 
