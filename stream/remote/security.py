@@ -356,3 +356,22 @@ def check_bind(endpoint: str, keys_dir: str | Path | None, insecure: bool) -> No
         "reach it can send and read its messages",
         endpoint,
     )
+
+
+def bind_curve_server(
+    context: zmq.Context, sock: zmq.Socket, endpoint: str, keys_dir: str | Path
+) -> Authenticator:
+    """Make `sock` a CURVE server with the head's keys in `keys_dir`, start the authenticator of
+    `context` (first: without one libzmq accepts any client key) and bind `endpoint`; returns
+    the authenticator, for the caller to stop."""
+    from stream.wire.transport import bind_error
+
+    keys = load_server_keys(keys_dir)
+    auth = Authenticator(context, keys.authorized).start()
+    curve_server(sock, keys)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        auth.stop()
+        raise bind_error(endpoint, exc) from None
+    return auth

@@ -242,15 +242,14 @@ class InferStage(Stage):
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RCVHWM, 1000)
         if cfg.keys:
-            from stream.remote.security import Authenticator, curve_server, load_server_keys
+            from stream.remote.security import bind_curve_server
 
-            keys = load_server_keys(cfg.keys)
-            self._auth = Authenticator(self.ctx, keys.authorized).start()  # before the bind
-            curve_server(sock, keys)
-        try:
-            sock.bind(cfg.workers)
-        except zmq.ZMQError as exc:
-            raise bind_error(cfg.workers, exc) from None
+            self._auth = bind_curve_server(self.ctx, sock, cfg.workers, cfg.keys)
+        else:
+            try:
+                sock.bind(cfg.workers)
+            except zmq.ZMQError as exc:
+                raise bind_error(cfg.workers, exc) from None
         identity = model_identity(info)
         return RemoteWorkers(sock, identity, max_batch, cfg.worker_timeout_s, identity_mismatch)
 

@@ -33,7 +33,6 @@ from stream.stages.base import Stage, StreamTracker
 from stream.wire import messages
 from stream.wire.transport import (
     TransportConfig,
-    bind_error,
     open_socket,
     receive_message,
     send,
@@ -401,19 +400,13 @@ class PublishStage(Stage):
 
     def _secure_pub(self, endpoint: str, keys_dir: str) -> zmq.Socket:
         """The XPUB socket as a CURVE server, subscribers checked against `authorized/`."""
-        from stream.remote.security import Authenticator, curve_server, load_server_keys
+        from stream.remote.security import bind_curve_server
 
-        keys = load_server_keys(keys_dir)
-        self._auth = Authenticator(self.ctx, keys.authorized).start()  # before the bind
         sock = self.ctx.socket(zmq.XPUB)
         self._sockets.append(sock)
         sock.setsockopt(zmq.SNDHWM, PUB_HWM)
         sock.setsockopt(zmq.LINGER, 2000)
-        curve_server(sock, keys)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            raise bind_error(endpoint, exc) from None
+        self._auth = bind_curve_server(self.ctx, sock, endpoint, keys_dir)
         return sock
 
     def close(self) -> None:
