@@ -36,6 +36,9 @@ from stream.wire.transport import TransportConfig, bind_error, send
 
 log = logging.getLogger(__name__)
 
+MAINTAIN_S = 0.1
+"""How often the workers' heartbeats and silences are looked at (not on every event)."""
+
 
 @dataclass
 class InferConfig:
@@ -81,6 +84,7 @@ class InferStage(Stage):
         self._remote: Any = None
         self._auth: Any = None
         self._workers_at = 0.0
+        self._maintained = 0.0
         self._workers_available: bool | None = None
 
     def run(self) -> None:
@@ -137,9 +141,12 @@ class InferStage(Stage):
             if local is not None and local.fd in events:
                 finished += [(chunk, out) for chunk, out, _ in local.finished()]
             if remote is not None:
-                finished += remote.receive()
-                for chunk in remote.maintain():
-                    queued.put(chunk, front=True)
+                if remote.sock in events:
+                    finished += remote.receive()
+                if time.monotonic() - self._maintained >= MAINTAIN_S:
+                    self._maintained = time.monotonic()
+                    for chunk in remote.maintain():
+                        queued.put(chunk, front=True)
                 for problem in remote.rejected:
                     self.reject(problem)
                 remote.rejected.clear()
