@@ -555,6 +555,8 @@ class Supervisor:
             return
         for state in self.capture_states():
             self._send_command(state.name, "stop")
+        if "infer" in self.states:
+            self._send_command("infer", "stopping")
 
     def abort(self, reason: str) -> None:
         """Stop everything now (a second Ctrl-C, or the caller gave up)."""

@@ -94,6 +94,8 @@ class Stage:
         self.stats: dict[str, Any] = {"rejected": 0}
         self.complete = False  # set once every stream of this stage has ended
         self._stop = False
+        self.run_stopping = False
+        """The supervisor is stopping the run (the captures stop reading; the rest drains)."""
         self._abort = False
         self._released = False
         self._assignments: list[dict[str, Any]] = []
@@ -191,6 +193,8 @@ class Stage:
                 self._released = True
             elif what == "assign":
                 self._assignments.append(msg.meta)
+            elif what == "stopping":
+                self.run_stopping = True
             else:
                 self.reject(f"command link: unknown command {what!r}")
 

@@ -170,6 +170,8 @@ class InferStage(Stage):
             self._start(max_batch)
             if remote is not None and local is None:
                 self._announce_workers(len(remote.workers))
+                if self.run_stopping and not remote.workers:
+                    self._give_up_queued()
         self.complete = tracker.done
         self._worker_stats(force=True)
         self.tick(force=True)
@@ -191,6 +193,20 @@ class InferStage(Stage):
         self.stats["inflight"] = local.inflight if local is not None else 0
         self.stats["queued"] = len(queued)
         self._worker_stats()
+
+    def _give_up_queued(self) -> None:
+        """The run is being stopped and nothing can run frames (no local inference, no worker):
+        the queued frames are not classified; their streams end, and publish counts them as
+        never reached (a warning names each stream)."""
+        queued = self._queued
+        if not queued:
+            return
+        chunk = queued.take(len(queued))
+        log.warning(
+            "infer: stopping with no worker connected: %d frame(s) not classified", len(chunk)
+        )
+        self.stats["given_up"] = self.stats.get("given_up", 0) + len(chunk)
+        self._done_with(chunk)
 
     def _announce_workers(self, connected: int) -> None:
         """With inference only on workers: tell publish (status events of every source) when
@@ -222,6 +238,11 @@ class InferStage(Stage):
             return False
         self.stats["frames"] += len(chunk)
         self.stats["requests_done"] += 1
+        self._done_with(chunk)
+        return True
+
+    def _done_with(self, chunk: messages.Batch) -> None:
+        """`chunk`'s frames have left: a stream with none left here has its end passed on."""
         self._pending.subtract(chunk.stream_ids())
         for stream in chunk.streams:
             if self._pending[stream] <= 0:
@@ -229,7 +250,6 @@ class InferStage(Stage):
                 held = self._held_eos.pop(stream, None)
                 if held is not None:
                     self._forward_eos(held)
-        return True
 
     def _forward_eos(self, msg: messages.Message) -> None:
         parts = messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta)

@@ -84,8 +84,9 @@ result of a stream; results are `[stream_id, JSON]` and status events `[_status/
 # worker wants its next source). Supervisor -> stage: `stop` (captures: stop reading, end your
 # streams), `release` (everything you sent has been confirmed downstream: you may exit), `abort`
 # (leave now), `assign` (meta["source"]: a file to read, or none left; meta["skip"]: stream ids
-# to end at once, unread, after a stop).
-COMMANDS = ("hello", "next", "stop", "release", "abort", "assign")
+# to end at once, unread, after a stop), `stopping` (to infer: the run is being stopped; what
+# cannot be run any more, with no worker left and no local inference, may be given up).
+COMMANDS = ("hello", "next", "stop", "release", "abort", "assign", "stopping")
 
 DTYPES = ("uint8", "float32", "float16", "int32", "int64", "float64")
 _DTYPE_NAMES = {np.dtype(name): name for name in DTYPES}  # dtype.name costs microseconds

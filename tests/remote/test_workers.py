@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -503,3 +504,29 @@ def test_status_events_say_when_no_worker_is_there_to_run_frames(model, clip_fac
         for worker in workers:
             worker.terminate()
             worker.communicate(timeout=30)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_no_worker_to_run_frames_ends_at_once(model, clip_factory, tmp_path):
+    """--no-local-infer and no worker: frames wait; Ctrl-C then gives them up with one line
+    (they are counted as never classified) instead of waiting out the drain timeout."""
+    (video,) = clips(clip_factory, 1, 60, "nobody")
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    head = start_cli(
+        "ovstream", "run", str(video), "--model", str(model), "--publish", "none",
+        "--output", str(tmp_path / "out.jsonl"), "--workers", endpoint, "--no-local-infer",
+        "--no-progress",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (tmp_path / "out.jsonl").exists(), 60, "the run to start")
+        time.sleep(3)  # frames reach infer and wait there (no assertion on time)
+        head.send_signal(signal.SIGINT)
+        _, err = head.communicate(timeout=30)  # the drain timeout is 60 s
+        assert head.returncode == 0, err
+        assert re.search(r"stopping with no worker connected: \d+ frame\(s\) not classified", err)
+        assert "Traceback" not in err
+        assert (tmp_path / "out.jsonl").read_text() == ""
+    finally:
+        if head.poll() is None:
+            head.kill()
+            head.communicate(timeout=10)
