@@ -20,37 +20,33 @@ and returns the same `RunSummary`. A stage that dies raises `PipelineError` nami
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.config import PipelineConfig
 from stream.errors import UserError
-from stream.model import PERFORMANCE_HINTS, load_info
-from stream.ops.annotate_link import AnnotateLink
-from stream.ops.metrics import ExtraMetrics, MetricsServer, parse_address
-from stream.ops.mqtt import parse_mqtt_url
-from stream.sources.live import LiveOptions
-from stream.sources.spec import SourceSpec, parse_sources
+from stream.model import load_info
+from stream.ops.metrics import ExtraMetrics, MetricsServer
+from stream.reports import RunSummary, SourceReport, source_report
 from stream.stages.capture import CaptureConfig, CaptureStage
 from stream.stages.infer import InferConfig, InferStage
 from stream.stages.preprocess import (
-    DEFAULT_MAX_BATCH,
-    MAX_BATCH_LIMIT,
     PreprocessConfig,
     PreprocessStage,
 )
-from stream.stages.publish import DEFAULT_PUBLISH, PublishConfig, PublishStage
+from stream.stages.publish import PublishConfig, PublishStage
 from stream.supervisor import Supervisor
-from stream.wire.transport import TransportConfig, check_endpoint, free_tcp_port, resolve_endpoints
+from stream.wire.transport import TransportConfig, free_tcp_port, resolve_endpoints
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "PipelineConfig", "PipelineError", "RunSummary", "SourceReport"]
 
 
 def status_endpoint(endpoints: dict[str, str], transport: TransportConfig) -> str:
@@ -63,207 +59,6 @@ def status_endpoint(endpoints: dict[str, str], transport: TransportConfig) -> st
 
 class PipelineError(RuntimeError):
     """The pipeline stopped because a stage died; the message names the stage and the reason."""
-
-
-@dataclass
-class PipelineConfig:
-    """Everything a run needs; checked on construction."""
-
-    sources: list[str | SourceSpec]
-    """Sources as `SOURCE` or `NAME=SOURCE` strings (the stream id defaults to the file stem or
-    the URL's last path segment), or `SourceSpec`s with per-source settings."""
-    model: str
-    """Model folder (a precision folder, or a parent with int8/fp32/fp16 sub-folders)."""
-    device: str = "CPU"
-    """OpenVINO device: CPU, AUTO, GPU, NPU... (checked against the available devices)."""
-    publish: str | None = DEFAULT_PUBLISH
-    """PUB endpoint to bind for results (topic = stream id); None = no PUB socket."""
-    output: str | None = None
-    """JSON Lines file for results; None = none."""
-    fps: float | None = None
-    """Classify this many frames per second (files: by pts; live: by capture time); None = every
-    frame (a live source still drops frames the pipeline has no room for)."""
-    mode: str = "throughput"
-    """OpenVINO performance hint: `throughput` (most frames per second) or `latency` (lowest
-    delay per frame; one request at a time unless `requests` says otherwise)."""
-    live: LiveOptions = field(default_factory=LiveOptions)
-    """Transport, timeouts and backoff of live sources that do not set their own."""
-    topk: int = 5
-    """Classes per result."""
-    requests: int = 0
-    """Infer requests in flight; 0 = the device's optimal number."""
-    max_batch: int = DEFAULT_MAX_BATCH
-    """Frames one inference request takes at most: whatever is waiting, shared among the free
-    requests, never waiting for more (see stream/stages/infer.py); 1 = a request per frame."""
-    ov_config: dict[str, Any] = field(default_factory=dict)
-    """Extra OpenVINO compile properties."""
-    workers: str | None = None
-    """Bind this endpoint (`tcp://ADDR:PORT`) for remote infer workers (`ovstream worker`);
-    None = local inference only."""
-    local_infer: bool = True
-    """Also run inference here; False = only on remote workers."""
-    worker_timeout_s: float = 5.0
-    """A worker silent this long is dropped and the frames it held run elsewhere."""
-    keys: str | None = None
-    """Folder made by `ovstream keys`: the worker link uses CURVE and accepts only the clients in
-    its `authorized/`; None = plain tcp (loopback only, unless `insecure`)."""
-    insecure: bool = False
-    """Allow binding `workers` on a non-loopback address without keys."""
-    secure_publish: bool = False
-    """With `keys`: the results' PUB socket uses CURVE too (subscribers: `ovstream subscribe
-    --keys`, their public keys in `keys/authorized`)."""
-    decoder_threads: str = "AUTO"
-    """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
-    wait_subscribers: int = 0
-    """Hold results until this many subscribers have subscribed to `publish`."""
-    subscriber_timeout_s: float = 30.0
-    """How long to wait for them before going on anyway."""
-    transport: TransportConfig = field(default_factory=TransportConfig)
-    """Links between the stages (ipc in a temporary folder by default)."""
-    startup_timeout_s: float = 120.0
-    """A stage that is not ready after this long fails the run (model compilation included)."""
-    drain_timeout_s: float = 60.0
-    """After a stop request, give up draining after this long."""
-    jobs: int = 0
-    """At most this many files are decoded at once, by a pool of capture workers that each take
-    the next file when they finish one; 0 = the number of CPU cores. Live sources each have a
-    capture process of their own on top."""
-    mqtt: str | None = None
-    """Also publish results and status events to an MQTT broker:
-    `mqtt://[user:pass@]HOST[:PORT]/PREFIX` (see stream/ops/mqtt.py for the topics); None = off."""
-    mqtt_qos: int = 0
-    """QoS of the MQTT messages: 0 (at most once, the default) or 1 (at least once)."""
-    metrics: str | None = None
-    """Serve `/metrics` (Prometheus) and `/healthz` on `HOST:PORT` (`:PORT` or `PORT`: loopback;
-    port 0: any free one, see `Pipeline.metrics_url`); None = off."""
-    annotate: AnnotateLink | None = None
-    """Where live captures send copies of their frames for annotated video (set from
-    `stream.ops.annotate_live.LiveAnnotator.link`); None = no copies."""
-
-    def __post_init__(self) -> None:
-        if self.jobs < 0:
-            raise UserError(f"jobs must be >= 0, got {self.jobs}")
-        if isinstance(self.sources, str):
-            raise UserError("sources must be a list of paths, not one string")
-        self.sources = [s if isinstance(s, SourceSpec) else str(s) for s in self.sources]
-        self.specs: list[SourceSpec] = parse_sources(self.sources)
-        if self.mode not in PERFORMANCE_HINTS:
-            raise UserError(f"mode must be one of {sorted(PERFORMANCE_HINTS)}, got {self.mode!r}")
-        if self.publish is not None:
-            check_endpoint(self.publish)
-        if self.topk < 1:
-            raise UserError(f"topk must be at least 1, got {self.topk}")
-        if not 1 <= self.max_batch <= MAX_BATCH_LIMIT:
-            raise UserError(f"max_batch must be 1..{MAX_BATCH_LIMIT}, got {self.max_batch}")
-        if self.workers is not None:
-            from stream.remote.security import check_bind
-
-            check_endpoint(self.workers)
-            if not self.workers.startswith("tcp://"):
-                raise UserError(f"--workers must be a tcp:// endpoint, got {self.workers!r}")
-            check_bind(self.workers, self.keys, self.insecure)
-        elif not self.local_infer:
-            raise UserError("--no-local-infer needs --workers (somewhere to run inference)")
-        elif self.keys and not self.secure_publish:
-            raise UserError(
-                "--keys secures the worker link (and with --secure-publish the PUB "
-                "socket): it needs --workers or --secure-publish"
-            )
-        if self.secure_publish and not self.keys:
-            raise UserError("--secure-publish needs --keys DIR")
-        if self.secure_publish and self.publish is None:
-            raise UserError("--secure-publish needs a PUB socket (not --publish none)")
-        if self.worker_timeout_s <= 0:
-            raise UserError(f"worker timeout must be positive, got {self.worker_timeout_s}")
-        if self.wait_subscribers < 0:
-            raise UserError(f"wait_subscribers must be >= 0, got {self.wait_subscribers}")
-        if self.metrics is not None:
-            parse_address(self.metrics)
-        if self.mqtt is not None:
-            parse_mqtt_url(self.mqtt)
-        if self.mqtt_qos not in (0, 1):
-            raise UserError(f"mqtt_qos must be 0 or 1, got {self.mqtt_qos}")
-        for spec in self.specs:
-            self.capture_config(spec)  # checks fps and threading
-
-    @property
-    def max_jobs(self) -> int:
-        """Capture workers for files: `jobs`, or the number of cores."""
-        return self.jobs or os.cpu_count() or 1
-
-    def capture_config(self, spec: SourceSpec, geometry: Any = None) -> CaptureConfig:
-        """The capture settings of one source: its own where it has them, else the pipeline's."""
-        kw = {} if geometry is None else {"geometry": geometry}
-        return CaptureConfig(
-            spec,
-            fps=spec.fps if spec.fps is not None else self.fps,
-            thread_type=self.decoder_threads,
-            live=spec.options or self.live,
-            annotate=self.annotate if spec.is_live else None,
-            **kw,
-        )
-
-
-@dataclass
-class SourceReport:
-    """How one source went."""
-
-    stream_id: str
-    source: str
-    frames: int = 0
-    """Frames sent to inference (all decoded frames, or the sampled ones)."""
-    published: int = 0
-    """Results published for it."""
-    decoded: int = 0
-    skipped: int = 0
-    """Frames lost to corrupt data."""
-    live: bool = False
-    """Read as a live source."""
-    dropped: int = 0
-    """Live: frames dropped to keep up with real time."""
-    reconnects: int = 0
-    """Live: connection attempts after the first."""
-    last_error: str | None = None
-    """Live: the last connection problem (the source itself does not fail; it reconnects)."""
-    error: str | None = None
-    """Why the source failed, if it did."""
-    stopped: bool = False
-    """Reading stopped early on request."""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class RunSummary:
-    """The outcome of a run."""
-
-    sources: list[SourceReport]
-    seconds: float
-    results: int
-    interrupted: bool = False
-    failure: str | None = None
-    """Set when a stage died or could not start."""
-    failure_is_user_error: bool = False
-    """The failure is the user's to fix (a model that does not load, an endpoint in use)."""
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Final counters of every stage (frames, rejected, cpu_s, max_rss_mb...)."""
-    rejected: int = 0
-    """Malformed or unexpected messages rejected, by every stage and the supervisor."""
-
-    @property
-    def exit_code(self) -> int:
-        """0 ok (also after a requested stop), 2 a user error, 1 if a source or a stage failed."""
-        if self.failure and self.failure_is_user_error:
-            return 2
-        if self.failure or any(not s.ok for s in self.sources):
-            return 1
-        return 0
-
-    @property
-    def fps(self) -> float:
-        return self.results / self.seconds if self.seconds > 0 else 0.0
 
 
 class Pipeline:
@@ -599,21 +394,3 @@ class Pipeline:
             rejected=sup.rejected_control
             + sum(int(s.stats.get("rejected", 0)) for s in sup.states.values()),
         )
-
-
-def source_report(spec: SourceSpec, counters: dict[str, Any]) -> SourceReport:
-    """A source's report from its end-of-stream counters (or its capture's last ones)."""
-    return SourceReport(
-        stream_id=spec.stream_id,
-        source=spec.masked_url,
-        frames=int(counters.get("count", counters.get("frames", 0)) or 0),
-        published=int(counters.get("published", 0) or 0),
-        decoded=int(counters.get("decoded", 0) or 0),
-        skipped=int(counters.get("skipped", 0) or 0),
-        live=spec.is_live,
-        dropped=int(counters.get("dropped", 0) or 0),
-        reconnects=int(counters.get("reconnects", 0) or 0),
-        last_error=counters.get("last_error"),
-        error=counters.get("error"),
-        stopped=bool(counters.get("stopped", False)),
-    )

@@ -20,8 +20,8 @@ from typing import TextIO
 from stream.batch import BatchConfig, BatchProgress, BatchSummary, job_status, run_batch
 from stream.errors import UserError
 from stream.jobs.state import StatusSummary
+from stream.progress import StatusLine
 from stream.run import (
-    StatusLine,
     add_inference_arguments,
     inference_options,
     positive_float,

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from stream.pipeline import Pipeline, PipelineConfig, RunSummary, SourceReport
-from stream.run import print_summary
+from stream.progress import print_summary
 from stream.wire.transport import free_tcp_port
 from tests.conftest import run_cli
 
