@@ -47,6 +47,9 @@ class LocalRequests:
 
         self.requests = requests
         self.inflight = 0
+        """Requests running now."""
+        self.frames_inflight = 0
+        """Frames in those requests."""
         self._done: collections.deque = collections.deque()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
@@ -78,6 +81,7 @@ class LocalRequests:
         back with its outputs."""
         self._queue.start_async({0: chunk.data}, (chunk, tag), share_inputs=True)
         self.inflight += 1
+        self.frames_inflight += len(chunk)
 
     def finished(self) -> list[tuple[messages.Batch, Any, Any]]:
         """(batch, outputs [N, classes], tag) of every request finished since the last call;
@@ -88,6 +92,7 @@ class LocalRequests:
         while self._done:
             chunk, tag, result = self._done.popleft()
             self.inflight -= 1
+            self.frames_inflight -= len(chunk)
             if isinstance(result, Exception):
                 raise RuntimeError(f"inference failed: {result}")
             out.append((chunk, result.reshape(len(chunk), -1), tag))

@@ -45,6 +45,17 @@ def publish_endpoint(text: str) -> str | None:
     return None if str(text).lower() in ("none", "") else text
 
 
+def add_requests_argument(parser: argparse.ArgumentParser) -> None:
+    """`--requests N`, of the head's infer stage and of a worker."""
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="infer requests in flight (default: the device's optimal number)",
+    )
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of how frames are classified and carried, shared by `run` and `batch`."""
     parser.add_argument(
@@ -57,13 +68,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="CPU", help="OpenVINO device (default CPU; AUTO, GPU...)"
     )
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes per result")
-    parser.add_argument(
-        "--requests",
-        type=int,
-        default=0,
-        metavar="N",
-        help="infer requests in flight (default: the device's optimal number)",
-    )
+    add_requests_argument(parser)
     parser.add_argument(
         "--max-batch",
         type=int,

@@ -152,9 +152,7 @@ class PipelineCollector(Collector):
             "Malformed or unexpected messages rejected.",
             labels=["stage"],
         )
-        cpu = CounterMetricFamily(
-            "ovstream_stage_cpu_seconds", "CPU time of the stage process.", labels=["stage"]
-        )
+        cpu = stage_cpu_family()
         rss = GaugeMetricFamily(
             "ovstream_stage_max_rss_bytes", "Peak resident memory of the stage.", labels=["stage"]
         )
@@ -278,8 +276,8 @@ class WorkerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "ovstream_worker_frames_in_flight",
-            "Batches running on this worker's requests now.",
-            value=int(local.inflight) if local is not None else 0,
+            "Frames running on this worker's requests now.",
+            value=int(local.frames_inflight) if local is not None else 0,
         )
         yield GaugeMetricFamily(
             "ovstream_infer_requests",
@@ -287,15 +285,16 @@ class WorkerCollector(Collector):
             value=int(local.requests) if local is not None else 0,
         )
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        yield _cpu_family("worker", usage.ru_utime + usage.ru_stime)
+        cpu = stage_cpu_family()
+        cpu.add_metric(["worker"], usage.ru_utime + usage.ru_stime)
+        yield cpu
 
 
-def _cpu_family(stage: str, seconds: float) -> Metric:
-    family = CounterMetricFamily(
+def stage_cpu_family() -> CounterMetricFamily:
+    """`ovstream_stage_cpu_seconds`, of the pipeline's stages or of a worker."""
+    return CounterMetricFamily(
         "ovstream_stage_cpu_seconds", "CPU time of the stage process.", labels=["stage"]
     )
-    family.add_metric([stage], seconds)
-    return family
 
 
 def source_state(counters: dict[str, Any]) -> str:

@@ -185,13 +185,10 @@ class RemoteWorkers:
         if old is not None:  # it forgot the batches it held (it took the head for gone)
             self._drop(old, "said hello again")
         identity = meta.get("identity")
-        reason = (
-            "no model identity"
-            if not isinstance(identity, dict)
-            else self._mismatch(identity, self.identity)
-            if self._mismatch
-            else None
-        )
+        if not isinstance(identity, dict):
+            reason = "no model identity"
+        else:
+            reason = self._mismatch(identity, self.identity) if self._mismatch else None
         if reason:
             self.counters["refused"] += 1
             log.warning("workers: refused %s: %s", name, reason)
@@ -241,8 +238,9 @@ class RemoteWorkers:
             )
         else:
             log.info("workers: %s %s", worker.name, why)
-        self.counters["lost"] += why != "left"
-        self._requeue = [*self._requeue, *held]
+        if why != "left":  # gone without saying goodbye
+            self.counters["lost"] += 1
+        self._requeue.extend(held)
 
     def _send(self, route: bytes, command: str, **meta: Any) -> None:
         parts = messages.encode(messages.COMMAND, "head", 0, {"command": command, **meta})

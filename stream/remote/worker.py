@@ -31,6 +31,8 @@ from stream.errors import UserError
 from stream.inference import LocalRequests, captured_stderr
 from stream.model import compile_model, load_info
 from stream.remote.dispatch import DEFAULT_WORKER_TIMEOUT_S, HEARTBEAT_S
+from stream.run import add_requests_argument
+from stream.stages.preprocess import MAX_BATCH_LIMIT
 from stream.wire import messages
 
 log = logging.getLogger(__name__)
@@ -51,13 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the same model folder as the head's (made by model-prep)",
     )
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
-    parser.add_argument(
-        "--requests",
-        type=int,
-        default=0,
-        metavar="N",
-        help="infer requests in flight (default: the device's optimal number)",
-    )
+    add_requests_argument(parser)
     parser.add_argument(
         "--threads",
         type=int,
@@ -255,7 +251,7 @@ class Worker:
             what = msg.meta.get("command") if msg.kind == messages.COMMAND else None
             if what == "welcome":
                 max_batch = msg.meta.get("max_batch")
-                if not isinstance(max_batch, int) or not 1 <= max_batch <= 256:
+                if not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH_LIMIT:
                     log.warning("worker: bad welcome from the head: max_batch %r", max_batch)
                     continue
                 if not self.welcomed:

@@ -96,9 +96,9 @@ MAX_DIMS = 8
 HEADER_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 """What a header may hold beyond JSON's types: counters keyed by numbers, numpy scalars."""
 MAX_BATCH_STREAMS = 4096
+"""Most distinct streams one data message may name."""
 SMALL_BATCH = 32
 """Batches up to this many frames are checked in plain Python, larger ones with numpy."""
-"""Most distinct streams one data message may name."""
 
 
 class MessageError(ValueError):
@@ -114,9 +114,10 @@ class Message:
     stream: str
     """Stream id (for control messages: the sending stage's name)."""
     seq: int = 0
-    """Per-stream sequence number of data messages: 0, 1, 2... in capture order."""
+    """The header's sequence field (an end of stream: its count; data messages: 0, their
+    frames' sequence numbers are in `batch`)."""
     meta: dict[str, Any] = field(default_factory=dict)
-    """The other header fields: frame_index, pts, capture_ts, counters..."""
+    """The other header fields: count, counters, commands..."""
     arrays: list[np.ndarray] = field(default_factory=list)
     """Payload parts, as read-only numpy views of the received buffers."""
     batch: Batch | None = None
@@ -200,7 +201,6 @@ class Batch:
         """One batch of all their frames, in order; a single batch is returned as it is."""
         if len(batches) == 1:
             return batches[0]
-        streams: list[str] = []
         numbers: dict[str, int] = {}
         indexes = []
         for b in batches:
@@ -208,9 +208,8 @@ class Batch:
             index = b.index.copy()
             index[:, 0] = remap[index[:, 0]]
             indexes.append(index)
-        streams = list(numbers)
         return Batch(
-            streams,
+            list(numbers),
             np.concatenate(indexes),
             np.concatenate([b.times for b in batches]),
             np.concatenate([b.data for b in batches]),
