@@ -15,9 +15,15 @@ synthetic messages as fast as the stage takes them and counts what comes out.
   alone (pure inference, benchmark_app's way) is measured too and shown subtracted;
 - publish: LOGITS ([1000] f32) -> result records on its PUB socket (no subscriber) and the sink;
 - capture (send path): what capture does per frame after decoding and the one resize to the
-  model input: `CaptureStage._send_frame` (stamp, encode, send) and its per-frame bookkeeping, on
-  one 224x224 frame, in a pinned process; decoding and the resize are left out (they are measured
-  by pipeline_bench, and are not the stage's overhead).
+  model input: `CaptureStage._send_frame` (a slot, stamp, encode, send) and its per-frame
+  bookkeeping, on one 224x224 frame, in a pinned process; decoding and the resize are left out
+  (they are measured by pipeline_bench, and are not the stage's overhead), but the copy of the
+  resized frame into its shared-memory slot is counted.
+
+Frames travel two ways (`--via`): `shm`, the default, where capture's frames stay in its pool in
+shared memory and only their slot numbers go through preprocess to infer (stream/wire/shm.py; the
+driver plays the capture, or frees the slots in infer's place), and `msg`, inside the messages.
+Both are measured in the same run, and the sum is given for each.
 
 Per stage: frames/s measured in the steady state (from 10 % of the frames to the last) and CPU ms
 per frame of the stage's process over the same window; capacity = 1000 / CPU ms is what one core
@@ -35,6 +41,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -64,9 +71,12 @@ from stream.stages.preprocess import (  # noqa: E402
 )
 from stream.stages.publish import PublishConfig, PublishStage  # noqa: E402
 from stream.wire import messages  # noqa: E402
+from stream.wire.shm import FramePool, PoolSet, make_run_dir  # noqa: E402
 from stream.wire.transport import LINKS, TransportConfig  # noqa: E402
 
 STAGES = ("capture", "preprocess", "infer", "publish")
+VIAS = ("shm", "msg")
+"""How frames travel from capture to infer: in shared memory, or inside the messages."""
 TARGET_FPS = 10_000
 TARGET_OVERHEAD_MS = 0.3
 STREAM = "s"
@@ -113,6 +123,8 @@ class Capacity:
     """What one stage passed on one core."""
 
     stage: str
+    via: str
+    """shm, msg (how frames travel) or - (publish: logits only)."""
     frames: int
     """Frames that came out."""
     fps: float
@@ -157,14 +169,20 @@ def capture_send_loop(
         stage._spec = stage.config.source
         stage._out = stage.socket(zmq.PUSH, "frames", bind=False)
         image = np.zeros((geometry.height, geometry.width, 3), np.uint8)
+
+        def resized(frame: Any, out: np.ndarray | None = None) -> np.ndarray:
+            # WindowScaler without decoding and resizing; its final copy (into the slot) stays
+            return image if out is None else np.copyto(out, image) or out
+
+        stage._scale = resized  # type: ignore[assignment]
         marks: list[tuple[int, float, float]] = []
         first = frames // 10
         for seq in range(frames):
             if seq == first:
                 marks.append((seq, time.perf_counter(), cpu_seconds()))
-            # _run_file's loop body, less decoding and the resize (stage._scale(frame)):
+            # _run_file's loop body, less decoding and the resize:
             stage.stats["decoded"] = seq + 1
-            stage._send_frame(seq, seq, seq / 25.0, image)
+            stage._send_frame(seq, seq, seq / 25.0, None)
             stage._sent = seq + 1
             stage.stats["frames"] = stage._sent
             stage.tick()
@@ -183,6 +201,8 @@ class Driver:
 
     def __init__(self, endpoints: dict[str, str]) -> None:
         self.endpoints = endpoints
+        self.pools = PoolSet(endpoints.get("shm"))
+        """Frees the slots of what comes out, where capture or preprocess is measured alone."""
         self.ctx = zmq.Context()
         self.control = self._socket(zmq.PULL, "control", bind=True)
         self.commands = self._socket(zmq.ROUTER, "command", bind=True)
@@ -246,6 +266,7 @@ class Driver:
                     msg = messages.decode(parts)
                     if msg.batch is None:
                         break  # the end of stream
+                    self.pools.release(msg.batch)  # infer's part
                     count += len(msg.batch)
                 for mark in (first, frames):
                     if count >= mark and len(marks) < (1 if mark == first else 2):
@@ -255,24 +276,40 @@ class Driver:
         return count, marks
 
     def feed(
-        self, link: str, kind: str, payload: np.ndarray, frames: int, batch: int
+        self,
+        link: str,
+        kind: str,
+        payload: np.ndarray,
+        frames: int,
+        batch: int,
+        pool: FramePool | None = None,
     ) -> threading.Thread:
-        """Push `frames` frames in pre-encoded messages of `batch` frames and an end of stream,
-        in a thread (as fast as the stage takes them: the stage's HWM is the backpressure)."""
+        """Push `frames` frames in messages of `batch` frames and an end of stream, in a thread
+        (as fast as the stage takes them: the stage's HWM is the backpressure). With `pool`, the
+        frames are in its slots (a slot is taken for each, waiting until the stage frees one)."""
         now = time.time()
         encoded = []
         for start in range(0, frames, batch):
             seqs = range(start, min(frames, start + batch))
             one = [messages.Batch.single(STREAM, s, s, s / 25.0, now, payload) for s in seqs]
-            encoded.append(
-                messages.encode_batch(kind, messages.Batch.join(one), {"prepared": True})
-            )
-        encoded.append(messages.encode(messages.EOS, STREAM, frames, {"count": frames}))
+            encoded.append(messages.Batch.join(one))
         sock = self._socket(zmq.PUSH, link, bind=False, hwm=4)
 
+        def shared(b: messages.Batch) -> messages.Batch:
+            assert pool is not None
+            slots = [pool.wait(lambda: False, TIMEOUT_S) for _ in range(len(b))]
+            if None in slots:
+                raise RuntimeError(f"no slot freed in {TIMEOUT_S:.0f} s")
+            refs = np.array([[0, s] for s in slots], np.int64)
+            return messages.Batch(
+                b.streams, b.index, b.times, refs, messages.Shared([pool.name], pool.shape)
+            )
+
         def run() -> None:
-            for parts in encoded:
-                sock.send_multipart(parts, copy=False)
+            for b in encoded:
+                b = shared(b) if pool is not None else b
+                sock.send_multipart(messages.encode_batch(kind, b, {"prepared": True}), copy=False)
+            sock.send_multipart(messages.encode(messages.EOS, STREAM, frames, {"count": frames}))
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
@@ -283,20 +320,34 @@ class Driver:
         self.ctx.destroy(linger=0)
 
 
-def rate(stage: str, count: int, marks: list[tuple[int, float, float]]) -> Capacity:
+def rate(stage: str, via: str, count: int, marks: list[tuple[int, float, float]]) -> Capacity:
     (n0, t0, c0), (n1, t1, c1) = marks[0], marks[-1]
     if n1 <= n0:
         raise RuntimeError(f"{stage}: too few frames to measure; raise --frames")
-    return Capacity(stage, count, (n1 - n0) / (t1 - t0), (c1 - c0) * 1e3 / (n1 - n0))
+    return Capacity(stage, via, count, (n1 - n0) / (t1 - t0), (c1 - c0) * 1e3 / (n1 - n0))
 
 
 def measure_stage(
-    name: str, model: Path, frames: int, cpu: int, workdir: Path, geometry: Geometry, batch: int
+    name: str,
+    via: str,
+    model: Path,
+    frames: int,
+    cpu: int,
+    workdir: Path,
+    geometry: Geometry,
+    batch: int,
 ) -> Capacity:
-    """Run one stage alone on core `cpu` and measure it."""
+    """Run one stage alone on core `cpu` and measure it, its frames travelling `via`."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     endpoints = {link: f"ipc://{run_dir}/{link}.sock" for link in (*LINKS, "status", "pub")}
+    shape = (geometry.height, geometry.width, 3)
+    shm_dir = make_run_dir(2, shape) if via == "shm" else None
+    if via == "shm":
+        if shm_dir is None:
+            raise RuntimeError("no room in /dev/shm for the frames: measure with --via msg")
+        endpoints["shm"] = shm_dir
     driver = Driver(endpoints)
+    pool = FramePool.create(shm_dir, shape) if shm_dir and name in ("preprocess", "infer") else None
     spawn = mp.get_context("spawn")
     image = np.zeros((geometry.height, geometry.width, 3), np.uint8)
     try:
@@ -311,7 +362,7 @@ def measure_stage(
             proc.join(30)
             if proc.exitcode != 0:
                 raise RuntimeError(f"capture send loop exited with {proc.exitcode}")
-            return rate(name, count, marks)
+            return rate(name, via, count, marks)
         transport = TransportConfig()
         stage: Stage
         # What each stage receives in a loaded pipeline: preprocess, one frame a message from
@@ -339,7 +390,7 @@ def measure_stage(
         proc.start()
         try:
             driver.wait_ready()
-            feeder = driver.feed(links[0], kind, payload, frames, fed)
+            feeder = driver.feed(links[0], kind, payload, frames, fed, pool)
             count, marks = driver.sink(links[1], frames, name == "publish", proc.pid)
             feeder.join(TIMEOUT_S)
             driver.finish(stage.name, proc)
@@ -347,9 +398,11 @@ def measure_stage(
             if proc.is_alive():
                 proc.kill()
                 proc.join(10)
-        return rate(name, count, marks)
+        return rate(name, via if name != "publish" else "-", count, marks)
     finally:
         driver.close()
+        if shm_dir:
+            shutil.rmtree(shm_dir, ignore_errors=True)
 
 
 def per_call_us(step: Any, seconds: float = 0.3) -> float:
@@ -449,21 +502,28 @@ def table(results: list[Capacity], header: str, parts: dict[str, float] | None =
     lines = [
         header,
         "",
-        f"{'stage':<12} {'frames':>7} {'frames/s':>9} {'CPU ms/frame':>13} {'of it OV':>9}"
-        f" {'own ms':>7} {'capacity/core':>14} {'target':>7}",
+        f"{'stage':<12} {'via':<4} {'frames':>7} {'frames/s':>9} {'CPU ms/frame':>13}"
+        f" {'of it OV':>9} {'own ms':>7} {'capacity/core':>14} {'target':>7}",
     ]
     lines.append("-" * len(lines[-1]))
     for r in results:
         ok = "ok" if r.capacity >= TARGET_FPS else "short"
         lines.append(
-            f"{r.stage:<12} {r.frames:>7} {r.fps:>9.0f} {r.cpu_ms:>13.3f} {r.openvino_ms:>9.3f}"
-            f" {r.own_ms:>7.3f} {r.capacity:>14.0f} {ok:>7}"
+            f"{r.stage:<12} {r.via:<4} {r.frames:>7} {r.fps:>9.0f} {r.cpu_ms:>13.3f}"
+            f" {r.openvino_ms:>9.3f} {r.own_ms:>7.3f} {r.capacity:>14.0f} {ok:>7}"
         )
-    total = sum(r.own_ms for r in results)
+    lines.append("")
+    for via in VIAS:
+        rows = [r for r in results if r.via in (via, "-")]
+        if any(r.via == via for r in rows):
+            total = sum(r.own_ms for r in rows)
+            lines.append(
+                f"sum of the stages' own CPU per frame, frames via {via}: {total:.3f} ms"
+                f" (target <= {TARGET_OVERHEAD_MS} ms; the supervisor's share is not included)"
+            )
     lines += [
-        "",
-        f"sum of the stages' own CPU per frame: {total:.3f} ms (target <= {TARGET_OVERHEAD_MS} ms;"
-        f" the supervisor's share is not included)",
+        "via: shm = frames in shared memory, slot numbers in the messages; msg = frames inside"
+        " the messages; - = not frames (logits)",
         f"frames/s = measured, steady state; capacity/core = 1000 / CPU ms per frame; target ="
         f" capacity >= {TARGET_FPS:,} frames/s on one core; 'of it OV' = OpenVINO's own CPU for"
         " the trivial IR, measured alone; own ms = CPU ms/frame less that",
@@ -490,12 +550,19 @@ def main(argv: list[str] | None = None) -> int:
         help=f"max_batch of the stages, and the frames per message fed to infer and publish"
         f" (default {DEFAULT_MAX_BATCH}, what a loaded pipeline sends them)",
     )
+    parser.add_argument(
+        "--via",
+        default=",".join(VIAS),
+        help="how frames travel, comma-separated: shm (shared memory, the default of a run),"
+        " msg (inside the messages); default both",
+    )
     parser.add_argument("--workdir", default=None, help="folder for sockets and the trivial IR")
     parser.add_argument("--output", help="also write the table here (e.g. benchmarks/results/...)")
     parser.add_argument("--json", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = set(stages) - set(STAGES)
+    vias = [v.strip() for v in args.via.split(",") if v.strip()]
+    unknown = set(stages) - set(STAGES) | set(vias) - set(VIAS)
     if unknown or args.frames < 20:
         parser.error(f"unknown stage(s) {sorted(unknown)}" if unknown else "--frames >= 20")
 
@@ -519,12 +586,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header, flush=True)
     results = []
+    pure_ms = openvino_ms(model, 2.0, args.batch) if "infer" in stages else 0.0
     for stage in stages:
-        result = measure_stage(stage, model, args.frames, cpu, workdir, geometry, args.batch)
-        if stage == "infer":
-            result.openvino_ms = openvino_ms(model, 2.0, args.batch)
-        results.append(result)
-        print(json.dumps({**asdict(result), "capacity": result.capacity}), flush=True)
+        for via in vias if stage != "publish" else vias[:1]:
+            result = measure_stage(
+                stage, via, model, args.frames, cpu, workdir, geometry, args.batch
+            )
+            if stage == "infer":
+                result.openvino_ms = pure_ms
+            results.append(result)
+            print(json.dumps({**asdict(result), "capacity": result.capacity}), flush=True)
     parts = pieces(model, cpu, workdir, args.batch)
     text = table(results, header, parts)
     print("\n" + text, end="")

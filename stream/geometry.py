@@ -86,10 +86,13 @@ class Geometry:
     def input_problem(self, array: np.ndarray, batched: bool = False) -> str | None:
         """None if `array` is the model's input (height x width x 3 uint8; with `batched`, N such
         inputs), else why not."""
-        shape = (self.height, self.width, 3)
-        got = tuple(array.shape[1:] if batched else array.shape)
-        if array.dtype != np.uint8 or got != shape:
-            return f"{array.dtype}{list(got)} is not the model input uint8{list(shape)}"
+        return self.shape_problem(array.shape[1:] if batched else array.shape, array.dtype)
+
+    def shape_problem(self, shape: tuple[int, ...], dtype: Any = np.uint8) -> str | None:
+        """None if one frame of this shape and dtype is the model's input, else why not."""
+        want = (self.height, self.width, 3)
+        if np.dtype(dtype) != np.uint8 or tuple(shape) != want:
+            return f"{np.dtype(dtype)}{list(shape)} is not the model input uint8{list(want)}"
         return None
 
     def to_dict(self) -> dict[str, Any]:

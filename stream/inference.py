@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from stream.wire import messages
+from stream.wire.shm import PoolSet
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,13 @@ class LocalRequests:
 
 
 class FrameQueue:
-    """Frames waiting for a request, in arrival order, as the batches they came in."""
+    """Frames waiting for a request, in arrival order, as the batches they came in (their frames
+    in the message, or in shared memory: `pools` copies those out when they are taken)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pools: PoolSet | None = None) -> None:
         self._batches: collections.deque[messages.Batch] = collections.deque()
         self._count = 0
+        self._pools = pools
 
     def __len__(self) -> int:
         return self._count
@@ -126,7 +129,7 @@ class FrameQueue:
 
     def take(self, size: int) -> messages.Batch:
         """The next `size` frames (fewer if fewer wait): views of one batch, or a copy joining
-        the pieces of several."""
+        the pieces of several (or of frames in shared memory, whose slots are then freed)."""
         pieces = []
         want = size
         while want and self._batches:
@@ -138,6 +141,9 @@ class FrameQueue:
                 pieces.append(head.take(0, want))
                 self._batches[0] = head.take(want, len(head))
                 want = 0
-        chunk = messages.Batch.join(pieces)  # each piece names only its own streams
+        if self._pools is not None:
+            chunk = self._pools.gather(pieces)
+        else:
+            chunk = messages.Batch.join(pieces)  # each piece names only its own streams
         self._count -= len(chunk)
         return chunk

@@ -42,6 +42,7 @@ from stream.stages.preprocess import (
 )
 from stream.stages.publish import PublishConfig, PublishStage
 from stream.supervisor import Supervisor
+from stream.wire.shm import make_run_dir
 from stream.wire.transport import TransportConfig, free_tcp_port, resolve_endpoints
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Pipeline:
         self.supervisor: Supervisor | None = None
         self.metrics: MetricsServer | None = None
         self._run_dir: Path | None = None
+        self._shm_dir: str | None = None
         self._t0 = 0.0
         self.started_at = 0.0
         """`time.monotonic()` when the stages were started; 0 before."""
@@ -141,6 +143,12 @@ class Pipeline:
             worker = CaptureConfig(None, info.geometry, cfg.fps, cfg.decoder_threads, cfg.live)
             for k in range(cfg.max_jobs):
                 stages.append(CaptureStage(worker, cfg.transport, endpoints, worker=k))
+        captures = sum(isinstance(s, CaptureStage) for s in stages)
+        if cfg.transport.shared_memory:
+            g = info.geometry
+            self._shm_dir = make_run_dir(captures, (g.height, g.width, 3))
+            if self._shm_dir:
+                endpoints["shm"] = self._shm_dir  # the stages hold this same dict
         downstream = {s.name: "preprocess" for s in stages if isinstance(s, CaptureStage)}
         downstream.update(preprocess="infer", infer="publish")
         queue = [{"stream_id": f.stream_id, "url": f.url, "fps": f.fps} for f in files]
@@ -188,9 +196,10 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
+        for folder in (self._run_dir, self._shm_dir):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._run_dir = self._shm_dir = None
 
     def __enter__(self) -> Pipeline:
         return self

@@ -93,14 +93,19 @@ class WindowScaler:
         self._key: tuple[int, int, str] | None = None
         self._graph: Any = None
 
-    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+    def __call__(self, frame: av.VideoFrame, out: np.ndarray | None = None) -> np.ndarray:
+        """The model input of `frame`, written into `out` where given (a shared-memory slot)."""
         key = (frame.width, frame.height, frame.format.name)
         if key != self._key:
             self._graph = self._build(frame)
             self._key = key
         self._graph.push(frame)
         # Rows of FFmpeg's frame are padded: one copy of the small input makes it contiguous.
-        return np.ascontiguousarray(self._graph.pull().to_ndarray())
+        image = self._graph.pull().to_ndarray()
+        if out is None:
+            return np.ascontiguousarray(image)
+        np.copyto(out, image)
+        return out
 
     def _build(self, frame: av.VideoFrame) -> Any:
         g = self.geometry

@@ -48,6 +48,7 @@ from stream.sources.live import (
 from stream.sources.spec import SourceSpec
 from stream.stages.base import Stage
 from stream.wire import messages
+from stream.wire.shm import FramePool
 from stream.wire.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class CaptureStage(Stage):
         self._failures = 0
         self._scale = WindowScaler(config.geometry)
         self._tap: FrameTap | None = None
+        self._pool: FramePool | None = None
+        self._no_pool = False
 
     @property
     def spec(self) -> SourceSpec:
@@ -231,7 +234,7 @@ class CaptureStage(Stage):
                 assert pts is not None  # files always have one (extrapolated if missing)
                 if not sampler.keep(pts):
                     continue
-                if not self._send_frame(self._sent, index, pts, self._scale(frame)):
+                if not self._send_frame(self._sent, index, pts, frame):
                     stopped = True
                     break
                 self._sent += 1
@@ -249,26 +252,69 @@ class CaptureStage(Stage):
             self._status("error", reason=error)
         return error, stopped
 
-    def _send_frame(
+    def _send_frame(self, seq: int, index: int, pts: float | None, frame: av.VideoFrame) -> bool:
+        """Blocks while downstream is busy (files: nothing is dropped); False if stopped."""
+        assert self._out is not None
+        pool = self._frame_pool()
+        slot = None
+        if pool is not None:
+            slot = pool.wait(self.should_stop)  # all in flight: backpressure, as a full queue
+            if slot is None:
+                return False
+        sent = False
+        try:
+            parts = self._frame_message(seq, index, pts, time.time(), frame, slot)
+            sent = send(self._out, parts, self.should_stop)
+        finally:
+            if not sent and slot is not None:
+                pool.release((slot,))  # type: ignore[union-attr]
+        return sent
+
+    def _frame_message(
         self,
         seq: int,
         index: int,
         pts: float | None,
-        image: np.ndarray,
-        capture_ts: float | None = None,
-    ) -> bool:
-        """Blocks while downstream is busy (files: nothing is dropped); False if stopped."""
-        parts = self._frame_message(seq, index, pts, capture_ts or time.time(), image)
-        assert self._out is not None
-        return send(self._out, parts, self.should_stop)
-
-    def _frame_message(
-        self, seq: int, index: int, pts: float | None, capture_ts: float, image: np.ndarray
+        capture_ts: float,
+        frame: av.VideoFrame,
+        slot: int | None,
     ) -> list:
-        """A FRAME message of one frame; `prepared`: the image is already the model input
-        (WindowScaler)."""
-        batch = messages.Batch.single(self.spec.stream_id, seq, index, pts, capture_ts, image)
+        """A FRAME message of one frame, cut to the model input (WindowScaler, so `prepared`):
+        into `slot` of the frame pool, or without one inside the message."""
+        if slot is None:
+            image = self._scale(frame)
+            batch = messages.Batch.single(self.spec.stream_id, seq, index, pts, capture_ts, image)
+        else:
+            pool = self._pool
+            assert pool is not None
+            self._scale(frame, out=pool.frames[slot])
+            batch = messages.Batch(
+                [self.spec.stream_id],
+                np.array([[0, seq, index]], dtype=np.int64),
+                np.array([[math.nan if pts is None else pts, capture_ts]], dtype=np.float64),
+                np.array([[0, slot]], dtype=np.int64),
+                messages.Shared([pool.name], pool.shape),
+            )
         return messages.encode_batch(messages.FRAME, batch, {"prepared": True})
+
+    def _frame_pool(self) -> FramePool | None:
+        """This process's frame pool in shared memory, made at its first frame; None where the
+        run has none or there is no room (the frames then go inside the messages)."""
+        if self._pool is None and not self._no_pool:
+            self._no_pool = True
+            folder = self.endpoints.get("shm")
+            if folder:
+                g = self.config.geometry
+                try:
+                    self._pool = FramePool.create(folder, (g.height, g.width, 3))
+                except OSError as exc:
+                    log.warning(
+                        "%s: no room in shared memory for its frames (%s): they go inside the "
+                        "messages",
+                        self.name,
+                        exc.strerror,
+                    )
+        return self._pool
 
     # -- live: reconnect, never fall behind ------------------------------------------------------
 
@@ -319,20 +365,26 @@ class CaptureStage(Stage):
         """Sender thread: whenever preprocess can take a frame, send the newest one."""
         sock = self._out
         assert sock is not None
+        pool = self._frame_pool()
         while not slot.closed:
             if not sock.poll(100, zmq.POLLOUT):
+                continue
+            if pool is not None and not pool.has_free():  # every slot in flight: as a full queue
+                time.sleep(0.002)
                 continue
             item = slot.take(0.1)
             if item is None:
                 continue
             index, pts, captured, frame = item
-            image = self._scale(frame)
-            parts = self._frame_message(self._sent, index, pts, captured, image)
+            where = pool.acquire() if pool is not None else None  # only this thread acquires
+            parts = self._frame_message(self._sent, index, pts, captured, frame, where)
             try:
                 sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
                 self._sent += 1
             except zmq.Again:
                 self._late_drops += 1
+                if where is not None:
+                    pool.release((where,))  # type: ignore[union-attr]
                 continue
             if self._tap is not None:
                 self._tap.send(index, pts, captured, frame)

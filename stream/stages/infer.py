@@ -32,6 +32,7 @@ from stream.model import compile_model, load_info
 from stream.stages.base import STATS_INTERVAL_S, Stage, StreamTracker
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.wire import messages
+from stream.wire.shm import PoolSet
 from stream.wire.transport import TransportConfig, bind_error, send
 
 log = logging.getLogger(__name__)
@@ -108,14 +109,20 @@ class InferStage(Stage):
 
         tracker = StreamTracker(cfg.streams)
 
+        pools = PoolSet(self.endpoints.get("shm"))
+
         def check_input(msg: messages.Message) -> str | None:
-            if msg.batch is None:
+            batch = msg.batch
+            if batch is None:
                 return None
-            problem = info.geometry.input_problem(msg.batch.data, batched=True)
-            return f"tensors of {', '.join(msg.batch.streams)}: {problem}" if problem else None
+            if batch.shared is not None:
+                problem = info.geometry.shape_problem(batch.shared.shape) or pools.problem(batch)
+            else:
+                problem = info.geometry.input_problem(batch.data, batched=True)
+            return f"tensors of {', '.join(batch.streams)}: {problem}" if problem else None
 
         local, remote = self._local, self._remote
-        self._queued = queued = FrameQueue()
+        self._queued = queued = FrameQueue(pools)
         self._pending: collections.Counter[str] = collections.Counter()  # queued or in flight
         self._held_eos: dict[str, messages.Message] = {}
         self.stats.update(frames=0, requests_done=0, inflight=0, requests=nreq, queued=0)

@@ -8,7 +8,9 @@ frame goes through `stream.geometry.prepare`. Frames of every source meet here, 
 stop here. Colour conversion and normalisation are inside the IR.
 
 Batching: the stage takes the frames that are waiting, up to `max_batch`, and sends them on as
-one TENSOR message (one copy of each frame into the batch), which infer runs as one request. It
+one TENSOR message, which infer runs as one request. Capture's frames are in shared memory
+(stream/wire/shm.py), so only their slot numbers are joined and passed on; frames that came inside
+their messages are copied into the batch. It
 never waits for a batch to fill: a frame that arrives alone goes on alone, so a live source's
 latency does not grow. An end of stream flushes the frames before it, so it still follows its
 stream's last frame.
@@ -25,6 +27,7 @@ import zmq
 from stream.geometry import Geometry, prepare
 from stream.stages.base import Stage, StreamTracker
 from stream.wire import messages
+from stream.wire.shm import PoolSet
 from stream.wire.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,11 @@ def to_tensors(msg: messages.Message, geometry: Geometry) -> messages.Batch:
     """
     batch = msg.batch
     assert batch is not None
+    if batch.shared is not None:  # in the capture's pool: only their slots pass through here
+        problem = geometry.shape_problem(batch.shared.shape)
+        if problem or not msg.meta.get("prepared"):
+            raise ValueError(f"shared frames: {problem or 'not prepared'}")
+        return batch
     if msg.meta.get("prepared"):
         problem = geometry.input_problem(batch.data, batched=True)
         if problem:
@@ -77,6 +85,7 @@ class PreprocessStage(Stage):
         self.config = config
         self._in: zmq.Socket | None = None
         self._out: zmq.Socket | None = None
+        self._pools = PoolSet(endpoints.get("shm"))
 
     def run(self) -> None:
         self._in = self.socket(zmq.PULL, "frames", bind=True)
@@ -116,7 +125,12 @@ class PreprocessStage(Stage):
                     batch = to_tensors(msg, self.config.geometry)
                 except ValueError as exc:
                     self.reject(f"frame message of {', '.join(msg.batch.streams)}: {exc}")
+                    self._pools.release(msg.batch)
                 else:
+                    if taken and (batch.shared is None) != (taken[0].shared is None):
+                        if not self._flush(taken, count):  # one kind of frames a message
+                            return False
+                        taken, count = [], 0
                     taken.append(batch)
                     count += len(batch)
             if count >= self.config.max_batch:

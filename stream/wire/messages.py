@@ -17,6 +17,10 @@ message and infer runs it as one request, and nothing per frame is JSON:
     times   float64 [N, 2]  pts in seconds (NaN: none), capture time (Unix seconds)
     data    [N, ...]        the frames (u8 [N, H, W, 3]) or the logits (f32 [N, classes])
 
+Frames in shared memory (stream/wire/shm.py; capture -> preprocess -> infer): the header has
+`"shared": {"pools": [pool names], "shape": [H, W, 3]}` and `data` is int64 [N, 2], each frame's
+pool number (into "pools") and slot; the frames themselves stay in the capture's pool.
+
 Control messages (EOS, READY, STATS, ERROR, STATUS, EOS_SEEN, COMMAND) carry one stream's (or one
 stage's) fields in the header: `[stream id, header, payload...]`. A stream's end of stream follows
 its last frame on the same link, so its arrival means all of the stream arrived. Version 1 (one
@@ -124,6 +128,17 @@ class Message:
     """The frames of a data message (FRAME, TENSOR, LOGITS); None for control messages."""
 
 
+@dataclass(frozen=True)
+class Shared:
+    """Where a batch's frames are when they stay in shared memory: `Batch.data` is then int64
+    [N, 2], the pool number (into `pools`) and slot of each frame."""
+
+    pools: list[str]
+    """Pool names (stream/wire/shm.py), files in the run's shared folder."""
+    shape: tuple[int, ...]
+    """The shape of one frame (H, W, 3), uint8."""
+
+
 @dataclass
 class Batch:
     """The frames of one data message, of any streams, in the order they were taken.
@@ -140,7 +155,9 @@ class Batch:
     times: np.ndarray
     """float64 [N, 2]: pts in seconds (NaN: unknown), capture time (Unix seconds)."""
     data: np.ndarray
-    """[N, ...]: the frames or their model outputs."""
+    """[N, ...]: the frames or their model outputs (with `shared`: where the frames are)."""
+    shared: Shared | None = None
+    """Set when the frames are in shared memory rather than in `data`."""
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -188,7 +205,7 @@ class Batch:
                 index = index.copy()
                 index[:, 0] = renumber[index[:, 0]]
                 streams = [streams[i] for i in present.tolist()]
-        return Batch(streams, index, self.times[start:stop], self.data[start:stop])
+        return Batch(streams, index, self.times[start:stop], self.data[start:stop], self.shared)
 
     def with_data(self, data: np.ndarray) -> Batch:
         """The same frames with another payload (their model outputs)."""
@@ -197,23 +214,44 @@ class Batch:
         return Batch(self.streams, self.index, self.times, data)
 
     @staticmethod
-    def join(batches: Sequence[Batch]) -> Batch:
-        """One batch of all their frames, in order; a single batch is returned as it is."""
-        if len(batches) == 1:
+    def join(batches: Sequence[Batch], data: np.ndarray | None = None) -> Batch:
+        """One batch of all their frames, in order; a single batch is returned as it is.
+
+        Either all or none of them are `shared`; `data`: the frames, gathered by the caller
+        (then the result is not shared)."""
+        if len(batches) == 1 and data is None:
             return batches[0]
-        numbers: dict[str, int] = {}
-        indexes = []
-        for b in batches:
-            remap = np.array([numbers.setdefault(s, len(numbers)) for s in b.streams], np.int64)
-            index = b.index.copy()
-            index[:, 0] = remap[index[:, 0]]
-            indexes.append(index)
-        return Batch(
-            list(numbers),
-            np.concatenate(indexes),
-            np.concatenate([b.times for b in batches]),
-            np.concatenate([b.data for b in batches]),
+        index, streams = _joined_numbers([b.streams for b in batches], [b.index for b in batches])
+        times = np.concatenate([b.times for b in batches])
+        shared = batches[0].shared
+        if data is not None:
+            return Batch(streams, index, times, data)
+        if shared is None:
+            if any(b.shared for b in batches):
+                raise ValueError("cannot join frames in shared memory with frames in messages")
+            return Batch(streams, index, times, np.concatenate([b.data for b in batches]))
+        if not all(b.shared and b.shared.shape == shared.shape for b in batches):
+            raise ValueError("cannot join frames in messages with frames in shared memory")
+        refs, pools = _joined_numbers(
+            [b.shared.pools for b in batches],  # type: ignore[union-attr]
+            [b.data for b in batches],
         )
+        return Batch(streams, index, times, refs, Shared(pools, shared.shape))
+
+
+def _joined_numbers(
+    names: Sequence[list[str]], tables: Sequence[np.ndarray]
+) -> tuple[np.ndarray, list[str]]:
+    """Tables whose column 0 numbers into their own list of names, renumbered into one list of
+    the names in order of first appearance, and concatenated: (table, names)."""
+    numbers: dict[str, int] = {}
+    out = []
+    for own, table in zip(names, tables, strict=True):
+        remap = np.array([numbers.setdefault(n, len(numbers)) for n in own], np.int64)
+        table = table.copy()
+        table[:, 0] = remap[table[:, 0]]
+        out.append(table)
+    return np.concatenate(out), list(numbers)
 
 
 def encode(
@@ -248,13 +286,10 @@ def encode_batch(kind: str, batch: Batch, meta: dict[str, Any] | None = None) ->
         raise ValueError(f"{kind!r} is not a data kind")
     if not len(batch):
         raise ValueError("a data message carries at least one frame")
-    return encode(
-        kind,
-        "",
-        0,
-        {**(meta or {}), "streams": batch.streams},
-        [batch.index, batch.times, batch.data],
-    )
+    header = {**(meta or {}), "streams": batch.streams}
+    if batch.shared is not None:
+        header["shared"] = {"pools": batch.shared.pools, "shape": list(batch.shared.shape)}
+    return encode(kind, "", 0, header, [batch.index, batch.times, batch.data])
 
 
 def _buffer(part: Any) -> memoryview:
@@ -331,6 +366,7 @@ def _batch(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
         raise MessageError(f"{kind} message: times must be float64 [{n}, 2], got {times.shape}")
     if data.ndim < 1 or data.shape[0] != n:
         raise MessageError(f"{kind} message: data must hold {n} frames, got {data.shape}")
+    shared = _shared(kind, meta.pop("shared", None), data)
     if n <= SMALL_BATCH:  # plain Python: a numpy reduction of a tiny array costs more
         numbers = [row[0] for row in index.tolist() if min(row) >= 0]
         lowest, highest = (0, max(numbers)) if len(numbers) == n else (-1, 0)
@@ -353,7 +389,34 @@ def _batch(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
         raise MessageError(f"{kind} message: a capture time that is not a finite number")
     if bad_pts:
         raise MessageError(f"{kind} message: an infinite pts")
-    return Batch(streams, index, times, data)
+    return Batch(streams, index, times, data, shared)
+
+
+def _shared(kind: str, spec: Any, refs: np.ndarray) -> Shared | None:
+    """Check where a data message says its frames are in shared memory (None: in the message)."""
+    if spec is None:
+        return None
+    if kind == LOGITS or not isinstance(spec, dict):
+        raise MessageError(f"{kind} message: bad 'shared' field")
+    pools, shape = spec.get("pools"), spec.get("shape")
+    if (
+        not isinstance(pools, list)
+        or not 0 < len(pools) <= MAX_BATCH_STREAMS
+        or not all(isinstance(p, str) for p in pools)
+        or len(set(pools)) != len(pools)
+    ):
+        raise MessageError(f"{kind} message: 'shared' must name distinct pools")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise MessageError(f"{kind} message: bad shared frame shape {shape!r}")
+    if refs.dtype != np.int64 or refs.shape != (refs.shape[0], 2):
+        raise MessageError(f"{kind} message: shared frames need int64 [N, 2] slots")
+    if refs.size and (refs.min() < 0 or refs[:, 0].max() >= len(pools)):
+        raise MessageError(f"{kind} message: a pool number or slot out of range")
+    return Shared(pools, tuple(shape))
 
 
 def _is_number(value: Any) -> bool:

@@ -43,6 +43,9 @@ class TransportConfig:
     """Interface for tcp links."""
     ports: dict[str, int] = field(default_factory=dict)
     """tcp port per link name (frames, tensors, logits, control, sink); missing = a free port."""
+    shared_memory: bool = True
+    """Captures put frames in shared memory (stream/wire/shm.py) and only their slot numbers
+    travel to infer; False = frames travel inside the messages."""
     hwm: int = 4
     """High-water mark (messages) of every data socket; small keeps latency and memory low."""
     linger_ms: int = 5000

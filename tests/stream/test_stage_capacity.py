@@ -27,18 +27,23 @@ def test_stage_capacity_measures_every_stage(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    rows = {r["stage"]: r for r in result["rows"]}
+    rows = {r["stage"]: r for r in result["rows"]}  # the last of each stage
     assert list(rows) == ["capture", "preprocess", "infer", "publish"]
-    for row in rows.values():
+    vias = [(r["stage"], r["via"]) for r in result["rows"]]
+    assert vias == [(s, v) for s in ("capture", "preprocess", "infer") for v in ("shm", "msg")] + [
+        ("publish", "-")
+    ]
+    for row in result["rows"]:
         assert row["frames"] == 200, row
         assert row["fps"] > 0 and row["cpu_ms"] >= 0
         assert row["own_ms"] == pytest.approx(row["cpu_ms"] - row["openvino_ms"])
         if row["cpu_ms"] > 0:
             assert row["capacity"] == pytest.approx(1e3 / row["cpu_ms"])
     assert rows["infer"]["openvino_ms"] > 0
-    total = sum(r["own_ms"] for r in rows.values())
     text = table.read_text()
-    assert f"sum of the stages' own CPU per frame: {total:.3f} ms" in text
+    for via in ("shm", "msg"):
+        total = sum(r["own_ms"] for r in result["rows"] if r["via"] in (via, "-"))
+        assert f"sum of the stages' own CPU per frame, frames via {via}: {total:.3f} ms" in text
     assert text in proc.stdout
     assert all(us > 0 for us in result["pieces_us"].values())
     assert "preprocess: decode (one frame)" in result["pieces_us"]
