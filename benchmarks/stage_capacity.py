@@ -35,6 +35,7 @@ core, and the per-frame CPU of all stages together (beyond decoding, the resize 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -244,12 +245,16 @@ class Driver:
             raise RuntimeError(f"{name} exited with {proc.exitcode}")
 
     def sink(
-        self, link: str, frames: int, records: bool, pid: int | None
+        self, link: str, frames: int, records: bool, pid: int | None, credit: int = 0
     ) -> tuple[int, list[tuple[int, float, float]]]:
         """Count the frames coming out on `link` until the end marker; (frames, marks of
         (count, time, the stage's CPU s) at 10 % of the frames and at the last). `records`: the
-        link carries result records (publish's sink), else data messages (batches)."""
+        link carries result records (publish's sink), else data messages (batches). `credit`:
+        play infer for preprocess, giving it this much credit and then each frame's back."""
         sock = self._socket(zmq.PULL, link, bind=True, hwm=1000)
+        demand = self._socket(zmq.PUSH, "demand", bind=False) if credit else None
+        if demand is not None:
+            demand.send_multipart(credit_message(credit))
         first = max(1, frames // 10)
         marks: list[tuple[int, float, float]] = []
         count = 0
@@ -268,12 +273,30 @@ class Driver:
                         break  # the end of stream
                     self.pools.release(msg.batch)  # infer's part
                     count += len(msg.batch)
+                    if demand is not None:
+                        demand.send_multipart(credit_message(len(msg.batch)))
                 for mark in (first, frames):
                     if count >= mark and len(marks) < (1 if mark == first else 2):
                         marks.append((count, time.perf_counter(), cpu_seconds(pid) if pid else 0))
         finally:
             sock.close()
+            if demand is not None:
+                demand.close()
         return count, marks
+
+    def drain_demand(self) -> threading.Thread:
+        """Read what infer says it can take (the driver feeds it as fast as it reads anyway)."""
+        sock = self._socket(zmq.PULL, "demand", bind=True)
+
+        def run() -> None:
+            with contextlib.suppress(zmq.ZMQError):  # closed with the context at the end
+                while True:
+                    if sock.poll(100):
+                        sock.recv_multipart()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
 
     def feed(
         self,
@@ -318,6 +341,11 @@ class Driver:
 
     def close(self) -> None:
         self.ctx.destroy(linger=0)
+
+
+def credit_message(frames: int) -> list[bytes]:
+    """What infer says on the demand link: it can take `frames` more frames."""
+    return messages.encode(messages.COMMAND, "infer", 0, {"command": "credit", "frames": frames})
 
 
 def rate(stage: str, via: str, count: int, marks: list[tuple[int, float, float]]) -> Capacity:
@@ -390,8 +418,11 @@ def measure_stage(
         proc.start()
         try:
             driver.wait_ready()
+            if name == "infer":
+                driver.drain_demand()
             feeder = driver.feed(links[0], kind, payload, frames, fed, pool)
-            count, marks = driver.sink(links[1], frames, name == "publish", proc.pid)
+            credit = 2 * batch if name == "preprocess" else 0
+            count, marks = driver.sink(links[1], frames, name == "publish", proc.pid, credit)
             feeder.join(TIMEOUT_S)
             driver.finish(stage.name, proc)
         finally:

@@ -43,6 +43,7 @@ from tests.conftest import make_sample  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "workers_bench.txt"
 WORKER_END_S = 60
+THREAD_KINDS = ("main", "zmq io", "other")
 
 
 @dataclass
@@ -56,19 +57,34 @@ class Run:
     """Infer stage CPU per frame over the steady window."""
     per_worker: dict[str, int]
     worker_busy: list[float]
+    head_threads: dict[str, float]
+    """Of head_cpu_ms: ms per frame by thread (main, zmq io, other)."""
     """Each worker's CPU over the steady window, as a share of one core."""
 
 
 def cpu_s(pid: int) -> float:
     """CPU seconds of every thread of `pid` so far, in nanoseconds' precision (schedstat), not
     the clock ticks (10 ms) of psutil's cpu_times."""
-    total = 0
+    return sum(thread_cpu_s(pid).values())
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of `pid`'s threads so far, summed by kind: the main thread (Python), ZeroMQ's
+    I/O threads, and the rest (OpenVINO's, the authenticator's...)."""
+    out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            ns = int((task / "schedstat").read_text().split()[0])
+            comm = (task / "comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             continue  # a thread that ended meanwhile
-    return total / 1e9
+        kind = "other"
+        if task.name == str(pid):
+            kind = "main"
+        elif comm.startswith("ZMQbg/IO"):
+            kind = "zmq io"
+        out[kind] = out.get(kind, 0.0) + ns / 1e9
+    return out
 
 
 def cli(*args: str) -> list[str]:
@@ -126,7 +142,7 @@ def measure(clip: Path, model: Path, cores: list[int], keys_dir: Path | None) ->
     )
     total = len(make_sample_frames(clip))
     lo, hi = int(total * 0.1), int(total * 0.9)
-    marks: dict[str, tuple[float, float, list[float]]] = {}
+    marks: dict[str, tuple[float, dict[str, float], list[float]]] = {}
     count = 0
     pipeline = Pipeline(config)
 
@@ -135,7 +151,7 @@ def measure(clip: Path, model: Path, cores: list[int], keys_dir: Path | None) ->
         count += 1
         if count in (lo, hi):
             busy = [cpu_s(w.pid) for w in workers]
-            cpu = cpu_s(pipeline.pids["infer"])
+            cpu = thread_cpu_s(pipeline.pids["infer"])
             marks["lo" if count == lo else "hi"] = (time.monotonic(), cpu, busy)
 
     try:
@@ -158,7 +174,8 @@ def measure(clip: Path, model: Path, cores: list[int], keys_dir: Path | None) ->
         keys=keys_dir is not None,
         frames=summary.results,
         fps=(hi - lo) / (t1 - t0),
-        head_cpu_ms=(c1 - c0) * 1e3 / (hi - lo),
+        head_cpu_ms=(sum(c1.values()) - sum(c0.values())) * 1e3 / (hi - lo),
+        head_threads={k: (c1[k] - c0.get(k, 0.0)) * 1e3 / (hi - lo) for k in sorted(c1)},
         per_worker=per_worker,
         worker_busy=[(b - a) / (t1 - t0) for a, b in zip(w0, w1, strict=True)],
     )
@@ -209,13 +226,14 @@ def main() -> int:
         f" (cores {two}); FPS and head CPU over the steady 10-90 % of the results",
         "",
         f"{'run':<20} {'results':>7} {'FPS':>7} {'head infer CPU ms/frame':>24}"
-        "  worker CPU (cores)  frames per worker",
+        f" {'main · zmq io · other':>22}  worker CPU (cores)  frames per worker",
     ]
     for run in runs:
         busy = " ".join(f"{b:.2f}" for b in run.worker_busy)
+        threads = " · ".join(f"{run.head_threads.get(k, 0.0):.3f}" for k in THREAD_KINDS)
         lines.append(
-            f"{run.label:<20} {run.frames:>7} {run.fps:>7.1f} {run.head_cpu_ms:>24.3f}  "
-            f"{busy:>18}  {run.per_worker}"
+            f"{run.label:<20} {run.frames:>7} {run.fps:>7.1f} {run.head_cpu_ms:>24.3f}"
+            f" {threads:>22}  {busy:>18}  {run.per_worker}"
         )
     lines += [
         "",

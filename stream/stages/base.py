@@ -250,21 +250,25 @@ class Stage:
         kinds: tuple[str, ...],
         tracker: StreamTracker,
         check: Callable[[messages.Message], str | None] | None = None,
+        rejected: Callable[[messages.Message], None] | None = None,
     ) -> messages.Message | None:
         """The next well-formed message on `link`, or None: nothing came within `timeout_ms`, or
         what came was rejected and counted (malformed, a kind not in `kinds`, failing `check`,
-        an unknown stream or sequence number). The stream tracker sees only what passes `check`."""
+        an unknown stream or sequence number). The stream tracker sees only what passes `check`;
+        `rejected` is given every message that could be decoded and was rejected."""
         msg, problem = receive_message(sock, timeout_ms)
         if msg is None:
             if problem:
                 self.reject(problem)
             return None
         if msg.kind not in kinds:
-            self.reject(f"unexpected {msg.kind} message on the {link} link")
-            return None
-        problem = (check(msg) if check else None) or tracker.check(msg)
+            problem = f"unexpected {msg.kind} message on the {link} link"
+        else:
+            problem = (check(msg) if check else None) or tracker.check(msg)
         if problem:
             self.reject(problem)
+            if rejected is not None:
+                rejected(msg)
             return None
         return msg
 

@@ -37,6 +37,9 @@ from stream.wire.transport import TransportConfig, bind_error, send
 
 log = logging.getLogger(__name__)
 
+CREDIT_BATCHES = 2
+"""Batches of max_batch frames preprocess may send ahead of what infer has taken: one queued
+while the next is on its way."""
 MAINTAIN_S = 0.1
 """How often the workers' heartbeats and silences are looked at (not on every event)."""
 
@@ -81,6 +84,7 @@ class InferStage(Stage):
         self.config = config
         self._in: zmq.Socket | None = None
         self._out: zmq.Socket | None = None
+        self._demand: zmq.Socket | None = None
         self._local: LocalRequests | None = None
         self._remote: Any = None
         self._auth: Any = None
@@ -104,6 +108,7 @@ class InferStage(Stage):
             self._remote = self._open_workers(info, max_batch)
         self._in = self.socket(zmq.PULL, "tensors", bind=True)
         self._out = self.socket(zmq.PUSH, "logits", bind=False)
+        self._demand = self.socket(zmq.PUSH, "demand", bind=False)
         self.report(messages.READY, requests=nreq, device=cfg.device, precision=info.precision)
         log.info("infer: %s %s on %s, %d requests", info.name, info.precision, cfg.device, nreq)
 
@@ -122,7 +127,13 @@ class InferStage(Stage):
             return f"tensors of {', '.join(batch.streams)}: {problem}" if problem else None
 
         local, remote = self._local, self._remote
-        self._queued = queued = FrameQueue(pools)
+        self._queued = queued = FrameQueue(pools, max_batch)
+        self._credit(CREDIT_BATCHES * max_batch)  # room in the queue: preprocess may send
+
+        def rejected(msg: messages.Message) -> None:
+            if msg.batch is not None and msg.kind == messages.TENSOR:
+                self._credit(len(msg.batch))  # preprocess counted them as taken
+
         self._pending: collections.Counter[str] = collections.Counter()  # queued or in flight
         self._held_eos: dict[str, messages.Message] = {}
         self.stats.update(frames=0, requests_done=0, inflight=0, requests=nreq, queued=0)
@@ -163,7 +174,9 @@ class InferStage(Stage):
             if polling_input and self._in in events:
                 kinds = (messages.TENSOR, messages.EOS)
                 # timeout 0: the poller saw it ready
-                msg = self.receive_checked(self._in, 0, "tensors", kinds, tracker, check_input)
+                msg = self.receive_checked(
+                    self._in, 0, "tensors", kinds, tracker, check_input, rejected
+                )
                 if msg is not None and msg.kind == messages.EOS:
                     self.eos_seen(msg)
                     if self._pending[msg.stream] == 0:
@@ -197,6 +210,7 @@ class InferStage(Stage):
             elif not remote.dispatch(chunk):
                 queued.put(chunk, front=True)
                 break
+        self._credit(queued.fresh)
         self.stats["inflight"] = local.inflight if local is not None else 0
         self.stats["queued"] = len(queued)
         self._worker_stats()
@@ -209,11 +223,21 @@ class InferStage(Stage):
         if not queued:
             return
         chunk = queued.take(len(queued))
+        self._credit(queued.fresh)
         log.warning(
             "infer: stopping with no worker connected: %d frame(s) not classified", len(chunk)
         )
         self.stats["given_up"] = self.stats.get("given_up", 0) + len(chunk)
         self._done_with(chunk)
+
+    def _credit(self, frames: int) -> None:
+        """Tell preprocess it may send `frames` more frames (they left the queue)."""
+        self._queued.fresh = 0
+        if frames > 0:
+            parts = messages.encode(
+                messages.COMMAND, "infer", 0, {"command": "credit", "frames": frames}
+            )
+            send(self._demand, parts, self.should_stop)
 
     def _announce_workers(self, connected: int) -> None:
         """With inference only on workers: tell publish (status events of every source) when
@@ -249,7 +273,9 @@ class InferStage(Stage):
         return True
 
     def _done_with(self, chunk: messages.Batch) -> None:
-        """`chunk`'s frames have left: a stream with none left here has its end passed on."""
+        """`chunk`'s frames have left: its buffer is free again, and a stream with none left
+        here has its end passed on."""
+        self._queued.done(chunk)
         self._pending.subtract(chunk.stream_ids())
         for stream in chunk.streams:
             if self._pending[stream] <= 0:

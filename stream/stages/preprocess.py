@@ -7,19 +7,24 @@ its frames arrive marked `prepared`: this stage checks they are the model input.
 frame goes through `stream.geometry.prepare`. Frames of every source meet here, and malformed ones
 stop here. Colour conversion and normalisation are inside the IR.
 
-Batching: the stage takes the frames that are waiting, up to `max_batch`, and sends them on as
-one TENSOR message, which infer runs as one request. Capture's frames are in shared memory
+Batching, driven by infer's demand: infer says on the demand link how many frames it can take
+(credit: its queue's room at the start, then each frame it hands to a request), and the stage
+sends whatever frames it has gathered, up to `max_batch`, as one TENSOR message, which infer runs
+as one request, whenever infer has credit left. It never waits for a batch to fill: with credit,
+a frame that arrives alone goes on alone, so a live source's latency does not grow; without,
+the frames that arrive while infer is busy join the batch, so under load batches fill by
+themselves (a queue's high-water mark cannot do this: it counts messages, and a few hundred
+small ones fit in the kernel's socket buffers). Capture's frames are in shared memory
 (stream/wire/shm.py), so only their slot numbers are joined and passed on; frames that came inside
-their messages are copied into the batch. It
-never waits for a batch to fill: a frame that arrives alone goes on alone, so a live source's
-latency does not grow. An end of stream flushes the frames before it, so it still follows its
-stream's last frame.
+their messages are copied into the batch. An end of stream goes on after the frames gathered
+before it, so it still follows its stream's last frame.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zmq
@@ -28,13 +33,17 @@ from stream.geometry import Geometry, prepare
 from stream.stages.base import Stage, StreamTracker
 from stream.wire import messages
 from stream.wire.shm import PoolSet
-from stream.wire.transport import TransportConfig, send
+from stream.wire.transport import TransportConfig, receive_message, send
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 8
 """Frames per TENSOR message and per inference request at most (`--max-batch`)."""
 MAX_BATCH_LIMIT = 256
+TENSORS_HWM = 1
+"""Messages the preprocess -> infer link holds on each side. Small, so that it is full as soon
+as infer is busy and preprocess gathers the frames that come meanwhile into fuller batches;
+infer's own queue (max_batch frames beyond its requests) keeps it fed."""
 
 
 @dataclass
@@ -85,65 +94,118 @@ class PreprocessStage(Stage):
         self.config = config
         self._in: zmq.Socket | None = None
         self._out: zmq.Socket | None = None
+        self._demand: zmq.Socket | None = None
         self._pools = PoolSet(endpoints.get("shm"))
+        self._credit = 0
+        """Frames infer can take now (it says so on the demand link as it takes them)."""
+        self._taken: list[Any] = []
+        """The batch being gathered, in order: Batches, and encoded ends of stream."""
+        self._count = 0
 
     def run(self) -> None:
+        cfg = self.config
         self._in = self.socket(zmq.PULL, "frames", bind=True)
         self._out = self.socket(zmq.PUSH, "tensors", bind=False)
+        self._demand = self.socket(zmq.PULL, "demand", bind=True)
         self.report(messages.READY)
-        tracker = StreamTracker(self.config.streams)
-        self.stats.update(frames=0, batches=0, errors=0)
-        timeout = self.transport.io_timeout_ms
-        while not tracker.done and not self.should_stop():
-            self.tick()
-            if not self._pass_on(tracker, timeout):
+        tracker = StreamTracker(cfg.streams)
+        self.stats.update(frames=0, batches=0, errors=0, credit=0)
+        poller = zmq.Poller()
+        poller.register(self._demand, zmq.POLLIN)
+        reading = False
+        kinds = (messages.FRAME, messages.EOS)
+        while not self.should_stop():
+            if tracker.done and not self._taken:
                 break
+            want = self._count < cfg.max_batch  # room in the batch being gathered
+            if want != reading:
+                if want:
+                    poller.register(self._in, zmq.POLLIN)
+                else:
+                    poller.unregister(self._in)
+                reading = want
+            events = dict(poller.poll(self.transport.io_timeout_ms))
+            self.tick()
+            if self._demand in events:
+                self._take_credit()
+            while reading and self._count < cfg.max_batch:
+                msg = self.receive_checked(self._in, 0, "frames", kinds, tracker)
+                if msg is None:
+                    break
+                if not self._add(msg):
+                    return
+            if self._taken and self._credit > 0 and not self._flush():
+                return
         self.complete = tracker.done
         self.tick(force=True)
 
-    def _pass_on(self, tracker: StreamTracker, timeout_ms: int) -> bool:
-        """Wait up to `timeout_ms` for frames, take what is waiting (up to max_batch) and send it
-        on as one batch; ends of stream go on after the frames before them. False if stopped."""
-        kinds = (messages.FRAME, messages.EOS)
-        taken: list[messages.Batch] = []
-        count = 0
-        msg = self.receive_checked(self._in, timeout_ms, "frames", kinds, tracker)
-        while msg is not None:
-            if msg.kind == messages.EOS:
-                self.eos_seen(msg)
-                if not self._flush(taken, count):
-                    return False
-                taken, count = [], 0
-                if not send(
-                    self._out,
-                    messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta),
-                    self.should_stop,
-                ):
-                    return False
-            else:
-                try:
-                    batch = to_tensors(msg, self.config.geometry)
-                except ValueError as exc:
-                    self.reject(f"frame message of {', '.join(msg.batch.streams)}: {exc}")
-                    self._pools.release(msg.batch)
-                else:
-                    if taken and (batch.shared is None) != (taken[0].shared is None):
-                        if not self._flush(taken, count):  # one kind of frames a message
-                            return False
-                        taken, count = [], 0
-                    taken.append(batch)
-                    count += len(batch)
-            if count >= self.config.max_batch:
-                break
-            msg = self.receive_checked(self._in, 0, "frames", kinds, tracker)
-        return self._flush(taken, count)
+    def _take_credit(self) -> None:
+        """Add the frames infer says it can take (`credit` commands on the demand link)."""
+        assert self._demand is not None
+        while True:
+            msg, problem = receive_message(self._demand, 0)
+            if msg is None:
+                if problem:
+                    self.reject(f"demand link: {problem}")
+                    continue
+                return
+            frames = msg.meta.get("frames")
+            if (
+                msg.kind != messages.COMMAND
+                or msg.meta.get("command") != "credit"
+                or not (isinstance(frames, int) and not isinstance(frames, bool) and frames > 0)
+            ):
+                self.reject(f"demand link: not a credit: {msg.kind} {msg.meta}")
+                continue
+            self._credit += frames
+            self.stats["credit"] = self._credit
 
-    def _flush(self, taken: list[messages.Batch], count: int) -> bool:
-        if not taken:
+    def _add(self, msg: messages.Message) -> bool:
+        """Add a frame message to the batch being gathered; an end of stream goes on after it
+        (at once if nothing is gathered). False if stopped."""
+        if msg.kind == messages.EOS:
+            self.eos_seen(msg)
+            eos = messages.encode(messages.EOS, msg.stream, msg.seq, msg.meta)
+            if not self._taken:
+                return send(self._out, eos, self.should_stop)
+            self._taken.append(eos)  # after the frames before it, whenever they go
             return True
-        parts = messages.encode_batch(messages.TENSOR, messages.Batch.join(taken))
-        if not send(self._out, parts, self.should_stop):
-            return False
-        self.stats["frames"] += count
-        self.stats["batches"] += 1
+        try:
+            batch = to_tensors(msg, self.config.geometry)
+        except ValueError as exc:
+            self.reject(f"frame message of {', '.join(msg.batch.streams)}: {exc}")
+            self._pools.release(msg.batch)
+            return True
+        frames = [b for b in self._taken if isinstance(b, messages.Batch)]
+        if frames and (batch.shared is None) != (frames[0].shared is None):
+            self._taken.append(_KIND_BREAK)  # one kind of frames a message
+        self._taken.append(batch)
+        self._count += len(batch)
         return True
+
+    def _flush(self) -> bool:
+        """Send what is gathered: its frames as one batch (or one per kind), each end of stream
+        after the frames before it. False if stopped."""
+        group: list[messages.Batch] = []
+        for item in [*self._taken, _KIND_BREAK]:
+            if isinstance(item, messages.Batch):
+                group.append(item)
+                continue
+            if group:
+                count = sum(len(b) for b in group)
+                parts = messages.encode_batch(messages.TENSOR, messages.Batch.join(group))
+                if not send(self._out, parts, self.should_stop):
+                    return False
+                self._credit -= count
+                self.stats["frames"] += count
+                self.stats["batches"] += 1
+                group = []
+            if item is not _KIND_BREAK and not send(self._out, item, self.should_stop):
+                return False
+        self._taken, self._count = [], 0
+        self.stats["credit"] = self._credit
+        return True
+
+
+_KIND_BREAK: list = []
+"""In the gathered list: the frames before and after go in separate messages."""

@@ -90,7 +90,8 @@ result of a stream; results are `[stream_id, JSON]` and status events `[_status/
 # (leave now), `assign` (meta["source"]: a file to read, or none left; meta["skip"]: stream ids
 # to end at once, unread, after a stop), `stopping` (to infer: the run is being stopped; what
 # cannot be run any more, with no worker left and no local inference, may be given up).
-COMMANDS = ("hello", "next", "stop", "release", "abort", "assign", "stopping")
+# Infer -> preprocess on the demand link: `credit` (meta["frames"]: how many more it can take).
+COMMANDS = ("hello", "next", "stop", "release", "abort", "assign", "stopping", "credit")
 
 DTYPES = ("uint8", "float32", "float16", "int32", "int64", "float64")
 _DTYPE_NAMES = {np.dtype(name): name for name in DTYPES}  # dtype.name costs microseconds

@@ -248,25 +248,30 @@ class PoolSet:
             with contextlib.suppress(ValueError, IndexError):
                 self.get(shared.pools[number]).release((slot,))
 
-    def gather(self, pieces: list[Batch]) -> Batch:
-        """One batch of the pieces' frames, those in shared memory copied out of their slots,
-        which are freed; a single piece whose frames are in the message comes back as it is."""
-        if not any(p.shared for p in pieces):
-            return Batch.join(pieces)
+    def gather(self, pieces: list[Batch], out: np.ndarray | None = None) -> Batch:
+        """One batch of the pieces' frames, copied into `out` (or a new array) from their
+        messages or out of their slots, which are then freed; a single piece whose frames are in
+        its message comes back as it is."""
+        if len(pieces) == 1 and pieces[0].shared is None:
+            return pieces[0]
         total = sum(len(p) for p in pieces)
-        head = pieces[0]
-        shape = head.shared.shape if head.shared else head.data.shape[1:]
-        data = np.empty((total, *shape), np.uint8)
+        if out is None:
+            out = np.empty((total, *frame_shape(pieces[0])), np.uint8)
         at = 0
         for piece in pieces:
             n = len(piece)
             if piece.shared is None:
-                data[at : at + n] = piece.data
+                out[at : at + n] = piece.data
             else:
                 pools = [self.get(name) for name in piece.shared.pools]
                 for i, (number, slot) in enumerate(piece.data.tolist()):
                     pool = pools[number]
-                    data[at + i] = pool.frames[slot]
+                    out[at + i] = pool.frames[slot]
                     pool.release((slot,))
             at += n
-        return Batch.join(pieces, data)
+        return Batch.join(pieces, out)
+
+
+def frame_shape(batch: Batch) -> tuple[int, ...]:
+    """The shape of one of the batch's frames, wherever they are."""
+    return batch.shared.shape if batch.shared is not None else batch.data.shape[1:]

@@ -4,6 +4,7 @@ Data links (PUSH/PULL, so a full queue blocks the sender: backpressure, nothing 
 
     frames   capture (connect, one per source) -> preprocess (bind)
     tensors  preprocess (connect)              -> infer (bind)
+    demand   infer (connect)                   -> preprocess (bind): credit, frames infer can take
     logits   infer (connect)                   -> publish (bind)
     control  every stage (connect)             -> supervisor (bind)
     command  supervisor (bind, ROUTER)        <-> every stage (connect, DEALER named after it):
@@ -28,7 +29,7 @@ import zmq
 from stream.errors import UserError
 from stream.wire.messages import Message, MessageError, decode
 
-LINKS = ("frames", "tensors", "logits", "control", "sink", "command")
+LINKS = ("frames", "tensors", "demand", "logits", "control", "sink", "command")
 
 
 @dataclass

@@ -49,6 +49,10 @@ GARBAGE = [
 ]
 
 
+def credit(frames):
+    return messages.encode(messages.COMMAND, "infer", 0, {"command": "credit", "frames": frames})
+
+
 def preprocess_case(model, tmp_path):
     stage = PreprocessStage(PreprocessConfig(["s"], Geometry()), TransportConfig(), {})
     image = np.zeros((256, 455, 3), np.uint8)
@@ -104,7 +108,7 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
     stage, in_link, out_link, inputs, expected_out, expected_rejected = case(model, tmp_path)
     endpoints = {
         link: f"ipc://{tmp_path}/{link}.sock"
-        for link in ("frames", "tensors", "logits", "control", "sink")
+        for link in ("frames", "tensors", "demand", "logits", "control", "sink")
     }
     stage.endpoints = endpoints
     control = zctx.socket(zmq.PULL)
@@ -114,6 +118,15 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
     push = zctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     push.connect(endpoints[in_link])
+    # Infer's credit on the demand link: this test plays infer for preprocess, preprocess for
+    # infer (and reads what infer says it can take).
+    demand = zctx.socket(zmq.PUSH if in_link == "frames" else zmq.PULL)
+    demand.setsockopt(zmq.LINGER, 0)
+    if in_link == "frames":
+        demand.connect(endpoints["demand"])
+        demand.send_multipart(credit(1))  # one frame: every batch after it waits for more
+    elif in_link == "tensors":
+        demand.bind(endpoints["demand"])
     proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
     proc.start()
     try:
@@ -129,6 +142,8 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
             assert [r["frame_index"] for r in received] == [0, 1, 2, 3]
         else:
             while not received or received[-1].kind != messages.EOS:
+                if in_link == "frames" and received:
+                    demand.send_multipart(credit(1))  # infer took what came: room for more
                 received.append(messages.decode(recv_within(out, 30)))
             frames = [row[:2] for m in received[:-1] for row in m.batch.rows()]
             assert sorted(frames) == sorted(set(frames)) and len(frames) == expected_out
@@ -141,6 +156,11 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
         assert proc.exitcode == 0
         assert final.meta["complete"] is True
         assert final.meta["stats"]["rejected"] == expected_rejected
+        if in_link == "tensors":  # its queue's room, then each frame it ran, and the rejected
+            credits = []
+            while demand.poll(1000):
+                credits.append(messages.decode(demand.recv_multipart()).meta["frames"])
+            assert sum(credits) == 2 * stage.config.max_batch + expected_out + 1, credits
         if out_link == "sink":
             assert final.meta["stats"]["duplicates"] == 1
     finally:
