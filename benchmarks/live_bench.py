@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from stream import Pipeline, PipelineConfig  # noqa: E402
 from stream.model import compile_model, load_info  # noqa: E402
-from stream.sources.live import LiveOptions  # noqa: E402
+from stream.sources.live_options import LiveOptions  # noqa: E402
 from tests.rtsp.fixtures import RtspServer, gst_rtsp_unavailable  # noqa: E402
 
 

@@ -22,7 +22,7 @@ from stream.errors import UserError
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError
 from stream.progress import Progress, print_summary, result_line
 from stream.sources.config_file import ConfigError, load_sources_file
-from stream.sources.live import LiveOptions
+from stream.sources.live_options import LiveOptions
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.stages.publish import DEFAULT_PUBLISH
 from stream.wire.transport import TransportConfig

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.errors import UserError
-from stream.sources.live import LiveOptions, default_stream_id
+from stream.sources.live_options import LiveOptions, default_stream_id
 from stream.sources.spec import RESERVED_PREFIX, SourceSpec
 
 OPTION_KEYS = {

@@ -24,7 +24,8 @@ import numpy as np
 
 from stream.errors import UserError
 from stream.geometry import Geometry
-from stream.sources.live import FIRST_FRAME_TIMEOUT_S, Stalled, scrub
+from stream.sources.live import FIRST_FRAME_TIMEOUT_S, Stalled
+from stream.sources.live_errors import scrub
 from stream.wire import messages
 
 log = logging.getLogger(__name__)

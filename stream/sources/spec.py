@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stream.errors import UserError
-from stream.sources.live import LiveOptions, default_stream_id, is_live_url
+from stream.sources.live_options import LiveOptions, default_stream_id, is_live_url
 from stream.wire import messages
 
 RESERVED_PREFIX = messages.STATUS_TOPIC_PREFIX.rstrip("/")

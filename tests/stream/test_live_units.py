@@ -13,17 +13,9 @@ import zmq
 
 from stream.errors import UserError
 from stream.sources.config_file import ConfigError, parse_sources_toml
-from stream.sources.live import (
-    Backoff,
-    LatestSlot,
-    LiveOptions,
-    default_stream_id,
-    describe_error,
-    is_live_url,
-    open_args,
-    scrub,
-    wait_unless_stopped,
-)
+from stream.sources.live import Backoff, LatestSlot, wait_unless_stopped
+from stream.sources.live_errors import describe_error, scrub
+from stream.sources.live_options import LiveOptions, default_stream_id, is_live_url, open_args
 from stream.sources.spec import SourceSpec, parse_sources
 from stream.subscribe import SubscribeTimeout, subscribe
 from stream.wire import messages

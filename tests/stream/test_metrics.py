@@ -14,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.errors import UserError
-from stream.ops.metrics import cumulative, parse_address
+from stream.ops.metrics import parse_address
+from stream.ops.metrics_collectors import cumulative
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError
 from tests.conftest import run_cli, start_cli
 from tests.stream.conftest import wait_for
