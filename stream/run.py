@@ -110,7 +110,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     remote.add_argument(
         "--insecure",
         action="store_true",
-        help="allow --workers on a non-loopback address without --keys",
+        help="allow binding --workers, and --publish, on a non-loopback address without "
+        "--keys (for --publish: without --keys --secure-publish)",
     )
     parser.add_argument(
         "--transport",

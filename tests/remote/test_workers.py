@@ -436,17 +436,20 @@ def test_head_options_refused_with_one_line(clip_factory, model, tmp_path, args,
 
 @pytest.mark.slow
 def test_insecure_binds_on_every_address_and_runs(clip_factory, model, tmp_path):
-    """With --insecure the head binds 0.0.0.0 (warning once) and, with its local stage, runs to
-    the end though no worker comes."""
+    """With --insecure the head binds the worker link and the PUB socket on 0.0.0.0 (a warning
+    each, once) and, with its local stage, runs to the end though no worker comes."""
     video = clip_factory(160, 96, 25, 30, name="insecure")
     out = tmp_path / "results.jsonl"
     endpoint, _ = bind_any()
+    publish, _ = bind_any()
     proc = run_cli(
-        "ovstream", "run", str(video), "--model", str(model), "--publish", "none",
+        "ovstream", "run", str(video), "--model", str(model), "--publish", publish,
         "--no-progress", "--output", str(out), "--workers", endpoint, "--insecure", timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert len(lines_with(proc.stderr, "without encryption")) == 1, proc.stderr
+    warned = lines_with(proc.stderr, "without encryption")
+    assert len(warned) == 2, proc.stderr
+    assert endpoint in warned[0] and publish in warned[1], warned
     assert_each_frame_once(out, [video])
     assert worker_counters(proc.stderr)["joined"] == 0
 
