@@ -57,7 +57,8 @@ class PipelineConfig:
     local_infer: bool = True
     """Also run inference here; False = only on remote workers."""
     worker_timeout_s: float = 5.0
-    """A worker silent this long is dropped and the frames it held run elsewhere."""
+    """A worker silent this long is dropped and the frames it held run elsewhere (one whose
+    connection closes is dropped at once)."""
     keys: str | None = None
     """Folder made by `ovstream keys`: the worker link uses CURVE and accepts only the clients in
     its `authorized/`; None = plain tcp (loopback only, unless `insecure`)."""
