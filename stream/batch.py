@@ -80,7 +80,9 @@ class BatchConfig:
     local_infer: bool = True
     worker_timeout_s: float = 5.0
     keys: str | None = None
+    """CURVE keys folder (see PipelineConfig.keys)."""
     insecure: bool = False
+    """Allow binding `workers` and `publish` on a non-loopback address without keys."""
     secure_publish: bool = False
     decoder_threads: str = "AUTO"
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
@@ -104,6 +106,12 @@ class BatchConfig:
             raise UserError(f"--out {self.out} exists and is not a folder")
         if self.restart and self.retry_failed:
             raise UserError("--restart already runs every file; drop --retry-failed")
+        from stream.remote.security import check_head_binds
+
+        # Before the job's state is touched; the run's PipelineConfig warns about --insecure.
+        check_head_binds(
+            self.workers, self.publish, self.keys, self.secure_publish, self.insecure, warn=False
+        )
 
     @property
     def max_jobs(self) -> int:

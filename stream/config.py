@@ -57,12 +57,14 @@ class PipelineConfig:
     local_infer: bool = True
     """Also run inference here; False = only on remote workers."""
     worker_timeout_s: float = 5.0
-    """A worker silent this long is dropped and the frames it held run elsewhere."""
+    """A worker silent this long is dropped and the frames it held run elsewhere (one whose
+    connection closes is dropped at once)."""
     keys: str | None = None
     """Folder made by `ovstream keys`: the worker link uses CURVE and accepts only the clients in
     its `authorized/`; None = plain tcp (loopback only, unless `insecure`)."""
     insecure: bool = False
-    """Allow binding `workers` on a non-loopback address without keys."""
+    """Allow binding `workers`, and `publish`, on a non-loopback address without keys (the PUB
+    socket counts as keyed only with `secure_publish`)."""
     secure_publish: bool = False
     """With `keys`: the results' PUB socket uses CURVE too (subscribers: `ovstream subscribe
     --keys`, their public keys in `keys/authorized`)."""
@@ -110,12 +112,9 @@ class PipelineConfig:
         if not 1 <= self.max_batch <= MAX_BATCH_LIMIT:
             raise UserError(f"max_batch must be 1..{MAX_BATCH_LIMIT}, got {self.max_batch}")
         if self.workers is not None:
-            from stream.remote.security import check_bind
-
             check_endpoint(self.workers)
             if not self.workers.startswith("tcp://"):
                 raise UserError(f"--workers must be a tcp:// endpoint, got {self.workers!r}")
-            check_bind(self.workers, self.keys, self.insecure)
         elif not self.local_infer:
             raise UserError("--no-local-infer needs --workers (somewhere to run inference)")
         elif self.keys and not self.secure_publish:
@@ -127,6 +126,9 @@ class PipelineConfig:
             raise UserError("--secure-publish needs --keys DIR")
         if self.secure_publish and self.publish is None:
             raise UserError("--secure-publish needs a PUB socket (not --publish none)")
+        from stream.remote.security import check_head_binds
+
+        check_head_binds(self.workers, self.publish, self.keys, self.secure_publish, self.insecure)
         if self.worker_timeout_s <= 0:
             raise UserError(f"worker timeout must be positive, got {self.worker_timeout_s}")
         if self.wait_subscribers < 0:

@@ -94,7 +94,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=5.0,
         metavar="S",
-        help="a worker silent this long is dropped; its frames go to others (default 5)",
+        help="a worker silent this long is dropped; its frames go to others (default 5; one "
+        "whose connection closes is dropped at once)",
     )
     remote.add_argument(
         "--keys",
@@ -110,7 +111,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     remote.add_argument(
         "--insecure",
         action="store_true",
-        help="allow --workers on a non-loopback address without --keys",
+        help="allow binding --workers, and --publish, on a non-loopback address without "
+        "--keys (for --publish: without --keys --secure-publish)",
     )
     parser.add_argument(
         "--transport",

@@ -214,7 +214,8 @@ def worker_families(workers: dict[str, Any]) -> Iterable[Metric]:
     yield inflight
     yield CounterMetricFamily(
         "ovstream_worker_frames_resent",
-        "Frames handed to another worker after theirs went silent, left or restarted.",
+        "Frames handed to another worker after theirs went silent, closed its connection or "
+        "restarted.",
         value=int(workers.get("resent", 0)),
     )
     yield CounterMetricFamily(

@@ -17,10 +17,26 @@ worker's DEALER identity prepended by the ROUTER:
     head -> worker   COMMAND reset                         "who are you?" (the head forgot you)
 
 Credit (the ZeroMQ Guide's load balancing): a worker is sent only as many batches as it has free
-requests, so a slow worker gets less and nothing piles up in a dead worker's queue. A worker that
-says nothing for `timeout_s` (no heartbeat, no result) is dropped and the batches it held are
-handed back to be run again elsewhere; if its results come later after all, they are dropped here
-and counted (`late`), so each frame still has exactly one result (publish drops any copy as well).
+requests, so a slow worker gets less and nothing piles up in a dead worker's queue.
+
+A worker is dropped, and the batches it held are handed back to be run again elsewhere (counted
+as `resent`), when it is gone:
+
+- its connection closed (killed, crashed, its machine rebooted, a reset): at once. The ROUTER
+  runs with ROUTER_MANDATORY, so a send to a worker whose connection it no longer holds fails
+  with EHOSTUNREACH. A socket monitor (EVENT_DISCONNECTED) says that some connection closed; the
+  head then sends every worker a heartbeat, on every `maintain()` for `CLOSED_PROBE_S` (the
+  ROUTER forgets the connection a moment after the monitor reports it), and drops those it cannot
+  reach ("connection closed"). The monitor only wakes the head up: it names no worker, and a
+  refused CURVE client or a port scanner closing a connection just costs a round of heartbeats.
+  (libzmq's ROUTER_NOTIFY would hand the ROUTER an empty message per closed peer, but it is a
+  draft option that the released libzmq 4.3.5 in pyzmq's wheels refuses with EINVAL.)
+- it says nothing for `timeout_s` (no heartbeat, no result) while its connection stays up: a
+  wedged or stopped process, a network partition ("silent for N s").
+
+If a dropped worker's results come later after all, they are dropped here and counted (`late`),
+so each frame still has exactly one result (publish drops any copy as well); the worker is told
+`reset` and joins again with a hello.
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from stream.wire import messages
 
@@ -39,6 +56,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 """Both sides send a heartbeat when they sent nothing else for this long."""
 DEFAULT_WORKER_TIMEOUT_S = 5.0
+CLOSED_PROBE_S = 1.0
+"""After the monitor reported a closed connection, workers are probed this long."""
 
 
 @dataclass
@@ -90,6 +109,10 @@ class RemoteWorkers:
         self.rejected: list[str] = []
         """Why messages were rejected since the caller last emptied this list."""
         self._requeue: list[messages.Batch] = []
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        """Says when a connection to the ROUTER closed (poll it; `receive()` reads it)."""
+        self.monitor.linger = 0
+        self._probe_until = 0.0
 
     # -- handing work out -----------------------------------------------------------------------
 
@@ -112,9 +135,8 @@ class RemoteWorkers:
             except zmq.ZMQError as exc:  # gone (ROUTER_MANDATORY) or its queue is full
                 log.debug("workers: could not send to %s: %s", worker.name, exc)
                 if exc.errno == zmq.EHOSTUNREACH:
-                    # Its connection closed (a killed worker): nothing more for it; what it
-                    # holds goes to others when maintain() drops it.
-                    worker.credit = 0
+                    # Its connection closed (a killed worker): what it holds goes to others.
+                    self._drop(worker, "connection closed")
                 continue
             worker.credit -= 1
             worker.inflight[self._next_chunk] = chunk
@@ -126,14 +148,14 @@ class RemoteWorkers:
     # -- what comes back --------------------------------------------------------------------------
 
     def receive(self) -> list[tuple[messages.Batch, Any]]:
-        """Handle every message waiting on the socket; returns (batch, outputs) of each answered
-        chunk."""
+        """Handle every message waiting on the socket, then the monitor's news of closed
+        connections; returns (batch, outputs) of each answered chunk."""
         results: list[tuple[messages.Batch, Any]] = []
         while True:
             try:
                 frames = self.sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
             except zmq.Again:
-                return results
+                break
             if len(frames) < 2:
                 continue
             route = bytes(frames[0].buffer)
@@ -155,6 +177,22 @@ class RemoteWorkers:
                 self._send(route, "reset")
             else:
                 self.rejected.append(f"worker link: unexpected {msg.kind} from {worker.name}")
+        # After the messages: what a closed connection sent before it closed counts.
+        if self._connections_closed():
+            self._probe_until = time.monotonic() + CLOSED_PROBE_S
+            self._probe()
+        return results
+
+    def _connections_closed(self) -> int:
+        """How many connections the monitor reported closed since the last call."""
+        closed = 0
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return closed
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                closed += 1
 
     def _command(self, route: bytes, worker: Worker | None, msg: messages.Message) -> None:
         what = msg.meta.get("command")
@@ -219,13 +257,23 @@ class RemoteWorkers:
     def maintain(self) -> list[messages.Batch]:
         """Heartbeats out, dead workers dropped; returns the batches to run again elsewhere."""
         now = time.monotonic()
+        probing = now < self._probe_until
         for worker in list(self.workers.values()):
             if now - worker.last_heard > self.timeout_s:
                 self._drop(worker, f"silent for {self.timeout_s:g} s")
-            elif now - worker.last_sent >= HEARTBEAT_S:
-                self._send(worker.route, "heartbeat")
+                continue
+            due = probing or now - worker.last_sent >= HEARTBEAT_S
+            if due and not self._send(worker.route, "heartbeat"):
+                self._drop(worker, "connection closed")
         again, self._requeue = self._requeue, []
         return again
+
+    def _probe(self) -> None:
+        """Drop the workers whose connection the ROUTER no longer holds (a heartbeat to them
+        fails with EHOSTUNREACH)."""
+        for worker in list(self.workers.values()):
+            if not self._send(worker.route, "heartbeat"):
+                self._drop(worker, "connection closed")
 
     def _drop(self, worker: Worker, why: str) -> None:
         self.workers.pop(worker.route, None)
@@ -242,15 +290,18 @@ class RemoteWorkers:
             self.counters["lost"] += 1
         self._requeue.extend(held)
 
-    def _send(self, route: bytes, command: str, **meta: Any) -> None:
+    def _send(self, route: bytes, command: str, **meta: Any) -> bool:
+        """Send a command without blocking; False when the ROUTER holds no connection to
+        `route` (it closed), True otherwise (sent, or its queue was full)."""
         parts = messages.encode(messages.COMMAND, "head", 0, {"command": command, **meta})
         try:
             self.sock.send_multipart([route, *parts], flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            return
+        except zmq.ZMQError as exc:
+            return exc.errno != zmq.EHOSTUNREACH
         worker = self.workers.get(route)
         if worker is not None:
             worker.last_sent = time.monotonic()
+        return True
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -260,6 +311,8 @@ class RemoteWorkers:
         }
 
     def close(self) -> None:
-        """Tell every worker the run is over (it goes back to saying hello)."""
+        """Tell every worker the run is over (it goes back to saying hello); stop the monitor."""
         for worker in list(self.workers.values()):
             self._send(worker.route, "reset")
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)

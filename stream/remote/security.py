@@ -334,10 +334,18 @@ def is_loopback_host(host: str) -> bool:
     return bool(mapped) and all(a.is_loopback for a in mapped)
 
 
-def check_bind(endpoint: str, keys_dir: str | Path | None, insecure: bool) -> None:
+def check_bind(
+    endpoint: str,
+    keys_dir: str | Path | None,
+    insecure: bool,
+    keys_option: str = "--keys",
+    warn: bool = True,
+) -> None:
     """Refuse to bind an endpoint other machines can reach without CURVE keys (unless insecure).
 
-    ipc:// and inproc:// endpoints and loopback tcp addresses are always allowed.
+    ipc:// and inproc:// endpoints and loopback tcp addresses are always allowed. `keys_option`
+    names, in the error, what would make the socket CURVE; `warn=False` leaves the --insecure
+    warning to a later check of the same endpoint.
     """
     check_endpoint(endpoint)
     scheme, _, rest = endpoint.partition("://")
@@ -349,13 +357,32 @@ def check_bind(endpoint: str, keys_dir: str | Path | None, insecure: bool) -> No
     if not insecure:
         raise UserError(
             f"{host} is reachable from other machines: refusing to bind {endpoint} without "
-            "--keys (encryption and client authentication); pass --insecure to do it anyway"
+            f"{keys_option} (encryption and client authentication); pass --insecure to do it "
+            "anyway"
         )
-    log.warning(
-        "binding %s without encryption or client authentication (--insecure): anyone who can "
-        "reach it can send and read its messages",
-        endpoint,
-    )
+    if warn:
+        log.warning(
+            "binding %s without encryption or client authentication (--insecure): anyone who "
+            "can reach it can send and read its messages",
+            endpoint,
+        )
+
+
+def check_head_binds(
+    workers: str | None,
+    publish: str | None,
+    keys_dir: str | Path | None,
+    secure_publish: bool,
+    insecure: bool,
+    warn: bool = True,
+) -> None:
+    """`check_bind` for every tcp link the head binds: the workers' ROUTER (CURVE with
+    `keys_dir`) and the results' PUB socket (CURVE only with `keys_dir` and `secure_publish`)."""
+    if workers is not None:
+        check_bind(workers, keys_dir, insecure, warn=warn)
+    if publish is not None:
+        pub_keys = keys_dir if secure_publish else None
+        check_bind(publish, pub_keys, insecure, "--keys and --secure-publish", warn=warn)
 
 
 def bind_curve_server(

@@ -142,6 +142,7 @@ class InferStage(Stage):
             poller.register(local.fd, zmq.POLLIN)
         if remote is not None:
             poller.register(remote.sock, zmq.POLLIN)
+            poller.register(remote.monitor, zmq.POLLIN)  # a worker's connection closed
         polling_input = False
         while not self.should_stop():
             if tracker.done and not self._pending and not self._held_eos:
@@ -159,7 +160,7 @@ class InferStage(Stage):
             if local is not None and local.fd in events:
                 finished += [(chunk, out) for chunk, out, _ in local.finished()]
             if remote is not None:
-                if remote.sock in events:
+                if remote.sock in events or remote.monitor in events:
                     finished += remote.receive()
                 if time.monotonic() - self._maintained >= MAINTAIN_S:
                     self._maintained = time.monotonic()

@@ -9,6 +9,8 @@ import pytest
 import zmq
 from zmq.utils import z85
 
+from stream.batch import BatchConfig
+from stream.config import PipelineConfig
 from stream.errors import UserError
 from stream.remote.security import (
     Authenticator,
@@ -17,6 +19,7 @@ from stream.remote.security import (
     load_client_keys,
     load_server_keys,
 )
+from tests.conftest import run_cli
 from tests.remote.conftest import make_keys
 from tests.stream.conftest import recv_within
 
@@ -54,6 +57,83 @@ def test_check_bind(endpoint, keys, insecure, error):
     if error == REFUSE:
         assert f"refusing to bind {endpoint} without --keys" in message
         assert "--insecure" in message
+
+
+ANY = "tcp://0.0.0.0:5556"
+PUB_REFUSE = f"refusing to bind {ANY} without --keys and --secure-publish"
+
+
+def _head_config(kind: str, **kw):
+    if kind == "run":
+        return PipelineConfig(sources=["cam.mp4"], model="model", **kw)
+    return BatchConfig(inputs=["cam.mp4"], model="model", out="no-such-out", **kw)
+
+
+@pytest.mark.parametrize("kind", ["run", "batch"])
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"publish": ANY}, PUB_REFUSE),
+        ({"publish": "tcp://*:5556"}, "refusing to bind tcp://*:5556 without --keys and"),
+        ({"publish": "tcp://10.1.2.3:5556"}, "refusing to bind tcp://10.1.2.3:5556 without"),
+        # --keys alone secures the worker link, not the PUB socket
+        ({"publish": ANY, "keys": "keys", "workers": "tcp://127.0.0.1:5600"}, PUB_REFUSE),
+        ({"publish": ANY, "workers": "tcp://0.0.0.0:5600"}, "bind tcp://0.0.0.0:5600 without"),
+        ({"publish": ANY, "insecure": True}, None),
+        ({"publish": ANY, "keys": "keys", "secure_publish": True}, None),
+        ({"publish": "tcp://127.0.0.1:5556"}, None),
+        ({"publish": "ipc:///tmp/ovstream-results.sock"}, None),
+        ({"publish": None}, None),
+    ],
+    ids=[
+        "any",
+        "star",
+        "interface",
+        "keys-without-secure-publish",
+        "workers-first",
+        "insecure",
+        "secure-publish",
+        "loopback",
+        "ipc",
+        "none",
+    ],
+)
+def test_the_pub_socket_is_refused_on_a_reachable_address_without_keys(kind, options, error):
+    """`--publish` is a tcp link of the head like `--workers`: keyed only with --secure-publish."""
+    if error is None:
+        _head_config(kind, **options)
+        return
+    with pytest.raises(UserError) as info:
+        _head_config(kind, **options)
+    message = str(info.value)
+    assert error in message and "--insecure" in message and "\n" not in message
+
+
+def test_insecure_publish_warns_once(caplog):
+    with caplog.at_level(logging.WARNING, logger="stream.remote.security"):
+        _head_config("batch", publish=ANY, insecure=True)
+        assert "without encryption" not in caplog.text  # the batch's run warns, not its config
+        _head_config("run", publish=ANY, insecure=True)
+    warnings = [r.getMessage() for r in caplog.records if "without encryption" in r.getMessage()]
+    assert len(warnings) == 1 and ANY in warnings[0], warnings
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_a_reachable_pub_socket_without_keys_exits_2_with_one_line(
+    command, clip_factory, model, tmp_path
+):
+    video = clip_factory(160, 96, 25, 5, name="open_pub")
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if command == "batch" else []
+    proc = run_cli(
+        "ovstream", command, str(video), "--model", str(model), *extra, "--publish", ANY,
+        "--no-progress", timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ovstream: error: "), proc.stderr
+    assert PUB_REFUSE in lines[0] and "pass --insecure" in lines[0]
+    assert not out.exists()  # refused before the job's folder was made
 
 
 def test_a_name_that_resolves_only_to_loopback_is_loopback():

@@ -18,12 +18,11 @@ import pytest
 import zmq
 
 from stream.inference import FrameQueue
-from stream.remote.dispatch import RemoteWorkers
 from stream.wire import messages
 from stream.wire.transport import free_tcp_port
 from tests.conftest import ROOT, cli_command, run_cli, start_cli
-from tests.remote.conftest import make_keys
-from tests.stream.conftest import count_frames, recv_within, wait_for
+from tests.remote.conftest import IDENTITY, heard, make_keys, one_frame, say
+from tests.stream.conftest import count_frames, wait_for
 
 RUN_S = 300
 """A whole run (head or worker) at most."""
@@ -197,28 +196,51 @@ def count_results(output: Path) -> int:
 # -- losing and gaining workers -----------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_a_worker_killed_mid_run_loses_nothing(other_hosts, clip_factory, model, tmp_path):
-    """`kill -9` of one of two workers while it holds frames: its frames run again on the other,
-    every frame still has one result, in order, and the run ends normally."""
-    videos = clips(clip_factory, 4, 150, "kill")
+AFTER_KILL_S = 45
+"""How long the rest of a run may take once a worker is gone; well below WORKER_TIMEOUT_S."""
+WORKER_TIMEOUT_S = 120
+"""--worker-timeout of the head whose worker is killed: never reached in the test."""
+
+
+def start_two_and_lose_one(other_hosts, clip_factory, model, tmp_path, prefix, *head_args):
+    """Head with --no-local-infer and two workers (a, b) that both compiled and ran frames:
+    (videos, output file, head, a, b, their logs)."""
+    videos = clips(clip_factory, 4, 150, prefix)
     endpoint, port = bind_any()
     a, b = other_hosts.add(), other_hosts.add()
     logs = {n: tmp_path / f"{n}.log" for n in "ab"}
     slow = ("--threads", "1", "--requests", "2")
-    victim = start_worker(a, port, model, "a", *slow, log=logs["a"])
-    survivor = start_worker(b, port, model, "b", *slow, log=logs["b"])
+    first = start_worker(a, port, model, "a", *slow, log=logs["a"])
+    second = start_worker(b, port, model, "b", *slow, log=logs["b"])
     out = tmp_path / "results.jsonl"
     head = start_head(
         videos, model, out, "--workers", endpoint, "--insecure", "--no-local-infer",
-        "--max-batch", "2", "--worker-timeout", "2",
+        "--max-batch", "2", *head_args,
     )  # fmt: skip
     try:
         wait_for(lambda: compiled(logs["a"]) and compiled(logs["b"]), 120, "both workers")
         wait_for(lambda: count_results(out) >= 20, 120, "the first results")
+    except BaseException:
+        head.kill()
+        raise
+    return videos, out, head, first, second, logs
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_noticed_at_once_and_loses_nothing(
+    other_hosts, clip_factory, model, tmp_path
+):
+    """`kill -9` of one of two workers while it holds frames: its connection closes, the head
+    drops it at once (not after --worker-timeout, which the test never waits out), its frames
+    run again on the other, every frame has one result, in order, and the run ends normally."""
+    videos, out, head, victim, survivor, logs = start_two_and_lose_one(
+        other_hosts, clip_factory, model, tmp_path, "kill",
+        "--worker-timeout", str(WORKER_TIMEOUT_S),
+    )  # fmt: skip
+    try:
         victim.kill()  # SIGKILL: no goodbye, its batches in flight stay unanswered
         assert victim.wait(timeout=30) == -signal.SIGKILL
-        code, _, err = finish(head)
+        code, _, err = finish(head, AFTER_KILL_S)
     finally:
         head.kill()
     assert code == 0, err
@@ -229,7 +251,34 @@ def test_a_worker_killed_mid_run_loses_nothing(other_hosts, clip_factory, model,
     counters = worker_counters(err)
     assert counters["joined"] == 2 and counters["lost"] == 1, err
     assert counters["resent"] > 0, err
+    closed = lines_with(err, "a connection closed;")
+    assert len(closed) == 1 and f"{counters['resent']} frame(s) it held" in closed[0], err
+    assert "silent for" not in err
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_is_dropped_after_its_silence(other_hosts, clip_factory, model, tmp_path):
+    """SIGSTOP of one of two workers: its connection stays open, so only its silence tells; after
+    --worker-timeout it is dropped, its frames run on the other, and no frame is lost or doubled."""
+    videos, out, head, victim, survivor, logs = start_two_and_lose_one(
+        other_hosts, clip_factory, model, tmp_path, "stop", "--worker-timeout", "2"
+    )
+    try:
+        victim.send_signal(signal.SIGSTOP)
+        code, _, err = finish(head)
+    finally:
+        head.kill()
+        victim.kill()  # a stopped process ends on SIGKILL
+        victim.communicate(timeout=30)
+    assert code == 0, err
+    total = assert_each_frame_once(out, videos, err)
+    wcode, wout, _ = finish(survivor)
+    assert wcode == 0, logs["b"].read_text()
+    assert 0 < classified(wout) <= total
+    counters = worker_counters(err)
+    assert counters["joined"] == 2 and counters["lost"] == 1 and counters["resent"] > 0, err
     assert len(lines_with(err, "a silent for 2 s;")) == 1, err
+    assert "connection closed" not in err
 
 
 @pytest.mark.slow
@@ -265,38 +314,6 @@ def test_a_worker_joining_mid_run_gets_work(other_hosts, clip_factory, model, tm
 
 # -- the head's dispatcher on real sockets, without processes ----------------------------------
 
-IDENTITY = {"name": "m", "precision": "fp32", "files": {"model.xml": "x", "model.bin": "b"}}
-
-
-@pytest.fixture
-def link(zctx):
-    """(RemoteWorkers on a loopback ROUTER, a function making connected DEALERs)."""
-    router = zctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.linger = 0
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    head = RemoteWorkers(router, IDENTITY, max_batch=4, timeout_s=60)
-
-    def dealer() -> zmq.Socket:
-        sock = zctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(f"tcp://127.0.0.1:{port}")
-        return sock
-
-    return head, dealer
-
-
-def say(sock: zmq.Socket, command: str, **meta) -> None:
-    sock.send_multipart(messages.encode(messages.COMMAND, "w", 0, {"command": command, **meta}))
-
-
-def heard(sock: zmq.Socket) -> messages.Message:
-    return messages.decode(recv_within(sock))
-
-
-def one_frame(seq: int) -> messages.Batch:
-    return messages.Batch.single("s", seq, seq, None, 0.0, np.zeros((2, 2, 3), np.uint8))
-
 
 def test_hellos_queued_while_no_head_answered_are_one_worker(link):
     """A worker waiting for a head says hello every second; its DEALER delivers them all at
@@ -313,8 +330,8 @@ def test_hellos_queued_while_no_head_answered_are_one_worker(link):
 
 
 def test_dispatch_passes_over_a_worker_whose_connection_closed(link):
-    """The worker with the most credit is gone (killed): the batch goes to the next one at
-    once instead of waiting for the gone one to time out."""
+    """The worker with the most credit is gone (killed) and the head has not read the monitor's
+    news yet: the send to it fails, it is dropped, and the batch goes to the next one at once."""
     head, dealer = link
     gone, alive = dealer(), dealer()
     for sock, credit in ((gone, 2), (alive, 1)):
@@ -333,7 +350,7 @@ def test_dispatch_passes_over_a_worker_whose_connection_closed(link):
 
     wait_for(router_knows_it_is_gone, 10, "the ROUTER to see the connection close")
     assert head.dispatch(one_frame(0))
-    assert head.workers[route].credit == 0
+    assert route not in head.workers and head.counters["lost"] == 1
     got = heard(alive)
     while got.kind == messages.COMMAND:  # its welcome first
         got = heard(alive)
@@ -436,17 +453,20 @@ def test_head_options_refused_with_one_line(clip_factory, model, tmp_path, args,
 
 @pytest.mark.slow
 def test_insecure_binds_on_every_address_and_runs(clip_factory, model, tmp_path):
-    """With --insecure the head binds 0.0.0.0 (warning once) and, with its local stage, runs to
-    the end though no worker comes."""
+    """With --insecure the head binds the worker link and the PUB socket on 0.0.0.0 (a warning
+    each, once) and, with its local stage, runs to the end though no worker comes."""
     video = clip_factory(160, 96, 25, 30, name="insecure")
     out = tmp_path / "results.jsonl"
     endpoint, _ = bind_any()
+    publish, _ = bind_any()
     proc = run_cli(
-        "ovstream", "run", str(video), "--model", str(model), "--publish", "none",
+        "ovstream", "run", str(video), "--model", str(model), "--publish", publish,
         "--no-progress", "--output", str(out), "--workers", endpoint, "--insecure", timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert len(lines_with(proc.stderr, "without encryption")) == 1, proc.stderr
+    warned = lines_with(proc.stderr, "without encryption")
+    assert len(warned) == 2, proc.stderr
+    assert endpoint in warned[0] and publish in warned[1], warned
     assert_each_frame_once(out, [video])
     assert worker_counters(proc.stderr)["joined"] == 0
 
