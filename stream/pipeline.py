@@ -20,6 +20,7 @@ and returns the same `RunSummary`. A stage that dies raises `PipelineError` nami
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -144,6 +145,10 @@ class Pipeline:
             for k in range(cfg.max_jobs):
                 stages.append(CaptureStage(worker, cfg.transport, endpoints, worker=k))
         captures = sum(isinstance(s, CaptureStage) for s in stages)
+        if cfg.decoder_threads == "AUTO" and captures >= (os.cpu_count() or 1):
+            for stage in stages:  # the streams keep every core busy: one thread a decoder
+                if isinstance(stage, CaptureStage):
+                    stage.config.thread_count = 1
         if cfg.transport.shared_memory:
             g = info.geometry
             self._shm_dir = make_run_dir(captures, (g.height, g.width, 3))

@@ -73,6 +73,10 @@ class CaptureConfig:
     thread_type: str = "AUTO"
     """PyAV/FFmpeg decoder threading: AUTO (frame+slice; slice only for live sources, since
     frame threading holds frames back), FRAME, SLICE or NONE."""
+    thread_count: int = 0
+    """Decoder threads for a file; 0 = FFmpeg's choice. The pipeline sets 1 in AUTO when it runs
+    at least as many decoders as there are cores: the streams then keep the cores busy, and one
+    thread a decoder costs 15-25 % less CPU per frame than frame threading."""
     live: LiveOptions = field(default_factory=LiveOptions)
     """How a live source is opened, watched and reconnected (ignored for files)."""
     annotate: AnnotateLink | None = None
@@ -226,6 +230,8 @@ class CaptureStage(Stage):
             self._container, stream = open_source(url)
             self._status("connected", attempt=1)
             stream.thread_type = cfg.thread_type
+            if cfg.thread_count:
+                stream.thread_count = cfg.thread_count
             for index, pts, frame in decode_frames(self._container, stream, counters):
                 if self.should_stop():
                     stopped = True

@@ -61,9 +61,11 @@ def test_pipeline_bench_reports_every_figure(model, tmp_path):
     assert row["pure_fps"] == pytest.approx(sum(row["pure_runs_fps"]) / 2)
     assert row["benchmark_app_fps"] > 0, row["benchmark_app_problem"]
     assert row["pure_vs_benchmark_app"] == pytest.approx(row["pure_fps"] / row["benchmark_app_fps"])
-    off = abs(row["pure_vs_benchmark_app"] - 1) > 0.05
-    assert (row["ceiling_warning"] is not None) == off
-    assert off == ("WARNING: pure inference" in proc.stdout)
+    for each in (one, two):  # the warning is printed for any row whose ceilings disagree
+        off = abs(each["pure_vs_benchmark_app"] - 1) > 0.05
+        assert (each["ceiling_warning"] is not None) == off
+    warned = any(each["ceiling_warning"] for each in (one, two))
+    assert warned == ("WARNING: pure inference" in proc.stdout)
     # Overhead: the processes' CPU per frame less decoding+resize and OpenVINO's own (a run too
     # short for two CPU samples in its steady state has none).
     assert row["pure_cpu_ms"] > 0
