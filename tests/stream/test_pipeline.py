@@ -420,3 +420,27 @@ def test_unknown_device_lists_the_available_ones(clips, model):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "available: CPU" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["fewer_than_cores", "one_a_core"])
+def test_decoders_get_one_thread_each_once_they_fill_the_cores(clips, model, many):
+    """AUTO decoding: FFmpeg's threading while there are fewer decoders than cores, one thread a
+    decoder once there are as many (the streams keep the cores busy, and one thread costs less
+    CPU a frame); every frame still gives its result."""
+    cores = os.cpu_count() or 1
+    count = max(cores, 2) if many else 1
+    path = clips["wide"]
+    config = PipelineConfig(
+        sources=[f"s{i}={path}" for i in range(count)], model=str(model), publish=None, jobs=count
+    )
+    with Pipeline(config) as pipeline:
+        records = list(pipeline)
+        threads = {
+            name: state.stage.config.thread_count
+            for name, state in pipeline.supervisor.states.items()
+            if name.startswith("capture")
+        }
+    assert len(threads) == count
+    assert set(threads.values()) == {1 if count >= cores else 0}
+    assert len(records) == count * len(count_frames(path))
+    assert pipeline.summary.exit_code == 0
