@@ -59,6 +59,8 @@ class Run:
     worker_busy: list[float]
     head_threads: dict[str, float]
     """Of head_cpu_ms: ms per frame by thread (main, zmq io, other)."""
+    chunk: float
+    """Frames per batch sent to a worker, on average."""
     """Each worker's CPU over the steady window, as a share of one core."""
 
 
@@ -176,6 +178,7 @@ def measure(clip: Path, model: Path, cores: list[int], keys_dir: Path | None) ->
         fps=(hi - lo) / (t1 - t0),
         head_cpu_ms=(sum(c1.values()) - sum(c0.values())) * 1e3 / (hi - lo),
         head_threads={k: (c1[k] - c0.get(k, 0.0)) * 1e3 / (hi - lo) for k in sorted(c1)},
+        chunk=summary.stages["infer"]["frames"] / max(1, summary.stages["infer"]["requests_done"]),
         per_worker=per_worker,
         worker_busy=[(b - a) / (t1 - t0) for a, b in zip(w0, w1, strict=True)],
     )
@@ -226,14 +229,14 @@ def main() -> int:
         f" (cores {two}); FPS and head CPU over the steady 10-90 % of the results",
         "",
         f"{'run':<20} {'results':>7} {'FPS':>7} {'head infer CPU ms/frame':>24}"
-        f" {'main · zmq io · other':>22}  worker CPU (cores)  frames per worker",
+        f" {'main · zmq io · other':>22} {'chunk':>5}  worker CPU (cores)  frames per worker",
     ]
     for run in runs:
         busy = " ".join(f"{b:.2f}" for b in run.worker_busy)
         threads = " · ".join(f"{run.head_threads.get(k, 0.0):.3f}" for k in THREAD_KINDS)
         lines.append(
             f"{run.label:<20} {run.frames:>7} {run.fps:>7.1f} {run.head_cpu_ms:>24.3f}"
-            f" {threads:>22}  {busy:>18}  {run.per_worker}"
+            f" {threads:>22} {run.chunk:>5.1f}  {busy:>18}  {run.per_worker}"
         )
     lines += [
         "",
