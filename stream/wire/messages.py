@@ -350,12 +350,7 @@ def decode(parts: list[Any]) -> Message:
 def _batch(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
     """Check the parts of a data message and make its Batch."""
     streams = meta.pop("streams", None)
-    if (
-        not isinstance(streams, list)
-        or not 0 < len(streams) <= MAX_BATCH_STREAMS
-        or not all(isinstance(s, str) for s in streams)
-        or len(set(streams)) != len(streams)
-    ):
+    if not _distinct_names(streams):
         raise MessageError(f"{kind} message: 'streams' must be a list of distinct stream ids")
     if len(arrays) != 3:
         raise MessageError(f"{kind} message must carry index, times and data, got {len(arrays)}")
@@ -393,6 +388,16 @@ def _batch(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
     return Batch(streams, index, times, data, shared)
 
 
+def _distinct_names(value: Any) -> bool:
+    """A list of 1 to MAX_BATCH_STREAMS distinct strings (stream ids, pool names)."""
+    return (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_BATCH_STREAMS
+        and all(isinstance(v, str) for v in value)
+        and len(set(value)) == len(value)
+    )
+
+
 def _shared(kind: str, spec: Any, refs: np.ndarray) -> Shared | None:
     """Check where a data message says its frames are in shared memory (None: in the message)."""
     if spec is None:
@@ -400,12 +405,7 @@ def _shared(kind: str, spec: Any, refs: np.ndarray) -> Shared | None:
     if kind == LOGITS or not isinstance(spec, dict):
         raise MessageError(f"{kind} message: bad 'shared' field")
     pools, shape = spec.get("pools"), spec.get("shape")
-    if (
-        not isinstance(pools, list)
-        or not 0 < len(pools) <= MAX_BATCH_STREAMS
-        or not all(isinstance(p, str) for p in pools)
-        or len(set(pools)) != len(pools)
-    ):
+    if not _distinct_names(pools):
         raise MessageError(f"{kind} message: 'shared' must name distinct pools")
     if not (
         isinstance(shape, list)

@@ -243,17 +243,23 @@ def test_a_worker_killed_mid_run_is_noticed_at_once_and_loses_nothing(
         code, _, err = finish(head, AFTER_KILL_S)
     finally:
         head.kill()
+    counters = assert_survivor_took_over(code, err, out, videos, survivor, logs)
+    closed = lines_with(err, "a connection closed;")
+    assert len(closed) == 1 and f"{counters['resent']} frame(s) it held" in closed[0], err
+    assert "silent for" not in err
+
+
+def assert_survivor_took_over(code, err, out, videos, survivor, logs) -> dict[str, int]:
+    """The head ended normally with each frame once, the surviving worker did some of them, and
+    the head counted two joined, one lost and frames re-sent; returns its worker counters."""
     assert code == 0, err
     total = assert_each_frame_once(out, videos, err)
     wcode, wout, _ = finish(survivor)
     assert wcode == 0, logs["b"].read_text()
     assert 0 < classified(wout) <= total
     counters = worker_counters(err)
-    assert counters["joined"] == 2 and counters["lost"] == 1, err
-    assert counters["resent"] > 0, err
-    closed = lines_with(err, "a connection closed;")
-    assert len(closed) == 1 and f"{counters['resent']} frame(s) it held" in closed[0], err
-    assert "silent for" not in err
+    assert counters["joined"] == 2 and counters["lost"] == 1 and counters["resent"] > 0, err
+    return counters
 
 
 @pytest.mark.slow
@@ -270,13 +276,7 @@ def test_a_stopped_worker_is_dropped_after_its_silence(other_hosts, clip_factory
         head.kill()
         victim.kill()  # a stopped process ends on SIGKILL
         victim.communicate(timeout=30)
-    assert code == 0, err
-    total = assert_each_frame_once(out, videos, err)
-    wcode, wout, _ = finish(survivor)
-    assert wcode == 0, logs["b"].read_text()
-    assert 0 < classified(wout) <= total
-    counters = worker_counters(err)
-    assert counters["joined"] == 2 and counters["lost"] == 1 and counters["resent"] > 0, err
+    assert_survivor_took_over(code, err, out, videos, survivor, logs)
     assert len(lines_with(err, "a silent for 2 s;")) == 1, err
     assert "connection closed" not in err
 
