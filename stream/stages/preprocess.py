@@ -176,8 +176,8 @@ class PreprocessStage(Stage):
             self.reject(f"frame message of {', '.join(msg.batch.streams)}: {exc}")
             self._pools.release(msg.batch)
             return True
-        frames = [b for b in self._taken if isinstance(b, messages.Batch)]
-        if frames and (batch.shared is None) != (frames[0].shared is None):
+        last = self._taken[-1] if self._taken else None
+        if isinstance(last, messages.Batch) and (batch.shared is None) != (last.shared is None):
             self._taken.append(_KIND_BREAK)  # one kind of frames a message
         self._taken.append(batch)
         self._count += len(batch)

@@ -170,3 +170,51 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
     if out_link == "sink":
         lines = (tmp_path / "out.jsonl").read_text().splitlines()
         assert [json.loads(line) for line in lines] == received
+
+
+def test_preprocess_gathers_frames_while_infer_has_no_credit(tmp_path, zctx):
+    """Frames that come while infer has no credit wait and go on together as soon as it has
+    some: one message per kind (shared memory, inside the message) in arrival order, the end of
+    stream after them; with credit a frame alone goes on alone."""
+    from stream.wire.shm import FramePool
+
+    stage = PreprocessStage(PreprocessConfig(["s"], Geometry()), TransportConfig(), {})
+    endpoints = {
+        link: f"ipc://{tmp_path}/{link}.sock" for link in ("frames", "tensors", "demand", "control")
+    }
+    endpoints["shm"] = str(tmp_path)
+    stage.endpoints = endpoints
+    pool = FramePool.create(tmp_path, (224, 224, 3), slots=4)
+    control, out = zctx.socket(zmq.PULL), zctx.socket(zmq.PULL)
+    control.bind(endpoints["control"])
+    out.bind(endpoints["tensors"])
+    push, demand = zctx.socket(zmq.PUSH), zctx.socket(zmq.PUSH)
+    for sock, link in ((push, "frames"), (demand, "demand")):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoints[link])
+
+    def shared(seq):
+        slot = pool.acquire()
+        index, times = np.array([[0, seq, seq]]), np.array([[0.04 * seq, 1.0]])
+        where = messages.Shared([pool.name], (224, 224, 3))
+        batch = messages.Batch(["s"], index, times, np.array([[0, slot]]), where)
+        return messages.encode_batch(messages.FRAME, batch, {"prepared": True})
+
+    inline = np.zeros((224, 224, 3), np.uint8)
+    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
+    proc.start()
+    try:
+        assert messages.decode(recv_within(control, 60)).kind == messages.READY
+        for parts in [shared(0), shared(1), frame_msg(2, inline, prepared=True), shared(3)]:
+            push.send_multipart(parts, copy=False)
+        push.send_multipart(eos(4))
+        assert not out.poll(500)  # no credit: nothing goes on
+        demand.send_multipart(credit(1))
+        got = [messages.decode(recv_within(out, 30)) for _ in range(4)]
+        kinds = [(m.kind, m.batch.shared is not None if m.batch else None) for m in got]
+        assert kinds == [("tensor", True), ("tensor", False), ("tensor", True), ("eos", None)]
+        assert [[row[1] for row in m.batch.rows()] for m in got[:3]] == [[0, 1], [2], [3]]
+        assert got[0].batch.data.tolist() == [[0, 0], [0, 1]]  # slot numbers, not pixels
+    finally:
+        proc.kill()
+        proc.join(10)
