@@ -27,7 +27,7 @@ import zmq
 
 from stream.errors import UserError
 from stream.stages.publish import DEFAULT_PUBLISH
-from stream.wire.messages import STATUS_TOPIC_PREFIX
+from stream.wire.records import STATUS_TOPIC_PREFIX
 from stream.wire.transport import check_endpoint
 
 log = logging.getLogger(__name__)

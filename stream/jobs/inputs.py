@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream.errors import UserError
-from stream.wire.messages import STATUS_TOPIC_PREFIX
+from stream.wire.records import STATUS_TOPIC_PREFIX
 
 RESERVED = STATUS_TOPIC_PREFIX.rstrip("/")
 

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from stream.errors import UserError
-from stream.wire.messages import mask_credentials
+from stream.wire.records import mask_credentials
 
 log = logging.getLogger(__name__)
 

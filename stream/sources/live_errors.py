@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import av
 
 from stream.sources.live_options import LiveOptions
-from stream.wire.messages import mask_credentials
+from stream.wire.records import mask_credentials
 
 
 def scrub(text: str, url: str) -> str:

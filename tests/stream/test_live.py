@@ -23,7 +23,7 @@ import zmq
 
 from stream import Pipeline, PipelineConfig
 from stream.sources.live_options import LiveOptions
-from stream.wire.messages import load_schema, load_status_schema
+from stream.wire.records import load_schema, load_status_schema
 from stream.wire.transport import free_tcp_port
 from tests.conftest import ROOT, cli_command, start_cli
 

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from stream import Pipeline, PipelineConfig, PipelineError
-from stream.wire.messages import load_schema
+from stream.wire.records import load_schema
 from stream.wire.transport import TransportConfig, free_tcp_port
 from tests.conftest import run_cli, start_cli
 
