@@ -175,7 +175,7 @@ def capture_send_loop(
             # WindowScaler without decoding and resizing; its final copy (into the slot) stays
             return image if out is None else np.copyto(out, image) or out
 
-        stage._scale = resized  # type: ignore[assignment]
+        stage._frames.scale = resized  # type: ignore[assignment]
         marks: list[tuple[int, float, float]] = []
         first = frames // 10
         for seq in range(frames):

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import av
-import numpy as np
 import zmq
 
 from stream.errors import UserError
@@ -35,7 +34,6 @@ from stream.ops.annotate_link import AnnotateLink, FrameTap
 from stream.sources.decode import (
     DecodeCounters,
     PtsSampler,
-    WindowScaler,
     decode_frames,
     open_source,
 )
@@ -47,8 +45,8 @@ from stream.sources.live import (
 )
 from stream.sources.spec import SourceSpec
 from stream.stages.base import Stage
+from stream.stages.frame_out import FrameOut
 from stream.wire import messages
-from stream.wire.shm import FramePool
 from stream.wire.transport import TransportConfig, send
 
 log = logging.getLogger(__name__)
@@ -123,10 +121,8 @@ class CaptureStage(Stage):
         self._slot: LatestSlot | None = None
         self._late_drops = 0
         self._failures = 0
-        self._scale = WindowScaler(config.geometry)
         self._tap: FrameTap | None = None
-        self._pool: FramePool | None = None
-        self._no_pool = False
+        self._frames = FrameOut(config.geometry, endpoints, self.name)
 
     @property
     def spec(self) -> SourceSpec:
@@ -261,7 +257,7 @@ class CaptureStage(Stage):
     def _send_frame(self, seq: int, index: int, pts: float | None, frame: av.VideoFrame) -> bool:
         """Blocks while downstream is busy (files: nothing is dropped); False if stopped."""
         assert self._out is not None
-        pool = self._frame_pool()
+        pool = self._frames.pool()
         slot = None
         if pool is not None:
             slot = pool.wait(self.should_stop)  # all in flight: backpressure, as a full queue
@@ -269,58 +265,14 @@ class CaptureStage(Stage):
                 return False
         sent = False
         try:
-            parts = self._frame_message(seq, index, pts, time.time(), frame, slot)
+            parts = self._frames.message(
+                self.spec.stream_id, seq, index, pts, time.time(), frame, slot
+            )
             sent = send(self._out, parts, self.should_stop)
         finally:
             if not sent and slot is not None:
                 pool.release((slot,))  # type: ignore[union-attr]
         return sent
-
-    def _frame_message(
-        self,
-        seq: int,
-        index: int,
-        pts: float | None,
-        capture_ts: float,
-        frame: av.VideoFrame,
-        slot: int | None,
-    ) -> list:
-        """A FRAME message of one frame, cut to the model input (WindowScaler, so `prepared`):
-        into `slot` of the frame pool, or without one inside the message."""
-        if slot is None:
-            image = self._scale(frame)
-            batch = messages.Batch.single(self.spec.stream_id, seq, index, pts, capture_ts, image)
-        else:
-            pool = self._pool
-            assert pool is not None
-            self._scale(frame, out=pool.frames[slot])
-            batch = messages.Batch(
-                [self.spec.stream_id],
-                np.array([[0, seq, index]], dtype=np.int64),
-                np.array([[math.nan if pts is None else pts, capture_ts]], dtype=np.float64),
-                np.array([[0, slot]], dtype=np.int64),
-                messages.Shared([pool.name], pool.shape),
-            )
-        return messages.encode_batch(messages.FRAME, batch, {"prepared": True})
-
-    def _frame_pool(self) -> FramePool | None:
-        """This process's frame pool in shared memory, made at its first frame; None where the
-        run has none or there is no room (the frames then go inside the messages)."""
-        if self._pool is None and not self._no_pool:
-            self._no_pool = True
-            folder = self.endpoints.get("shm")
-            if folder:
-                g = self.config.geometry
-                try:
-                    self._pool = FramePool.create(folder, (g.height, g.width, 3))
-                except OSError as exc:
-                    log.warning(
-                        "%s: no room in shared memory for its frames (%s): they go inside the "
-                        "messages",
-                        self.name,
-                        exc.strerror,
-                    )
-        return self._pool
 
     # -- live: reconnect, never fall behind ------------------------------------------------------
 
@@ -371,7 +323,7 @@ class CaptureStage(Stage):
         """Sender thread: whenever preprocess can take a frame, send the newest one."""
         sock = self._out
         assert sock is not None
-        pool = self._frame_pool()
+        pool = self._frames.pool()
         while not slot.closed:
             if not sock.poll(100, zmq.POLLOUT):
                 continue
@@ -383,7 +335,9 @@ class CaptureStage(Stage):
                 continue
             index, pts, captured, frame = item
             where = pool.acquire() if pool is not None else None  # only this thread acquires
-            parts = self._frame_message(self._sent, index, pts, captured, frame, where)
+            parts = self._frames.message(
+                self.spec.stream_id, self._sent, index, pts, captured, frame, where
+            )
             try:
                 sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
                 self._sent += 1
