@@ -9,9 +9,13 @@ infer, and preprocess moves a few bytes per frame.
 A pool is one file in the run's folder under /dev/shm (tmpfs): a header, one flag byte per slot
 (0 free, 1 holding a frame) and the slots. The capture owns the pool and sets a flag before it
 sends the slot's number; infer (or preprocess, for a frame it rejects) clears it once the frame is
-copied out. The space is reserved when the pool is made (`posix_fallocate`), so a full tmpfs
-(Docker's 64 MB /dev/shm) shows when a pool is made, and that capture then sends its frames
-inside the messages as before, with one warning; nothing else changes.
+copied out (the frame reaches infer after its flag is set through a socket, a system call on
+each side; the flag is cleared only after the copy, which x86-64's memory order keeps in that
+order for the capture to see; a weakly ordered CPU such as ARM would want a fence between the
+copy and the clear, which Python does not offer: not tried there). The space is reserved when
+the pool is made (`posix_fallocate`), so a full tmpfs (Docker's 64 MB /dev/shm) shows when a pool
+is made, and that capture then sends its frames inside the messages as before, with one
+warning; nothing else changes.
 
 The run's folder (`ovstream-<pid>-XXXX`, made by the pipeline and removed when it closes) holds
 every pool of the run; a folder left by a run whose process was killed is removed by the next.
