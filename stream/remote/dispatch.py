@@ -15,6 +15,7 @@ worker's DEALER identity prepended by the ROUTER:
     both ways        COMMAND heartbeat                     every HEARTBEAT_S when idle
     worker -> head   COMMAND bye                           leaving: nothing of it is in flight
     head -> worker   COMMAND reset                         "who are you?" (the head forgot you)
+    head -> worker   COMMAND reset {ended: true}           the run is over
 
 Credit (the ZeroMQ Guide's load balancing): a worker is sent only as many batches as it has free
 requests, so a slow worker gets less and nothing piles up in a dead worker's queue.
@@ -313,6 +314,6 @@ class RemoteWorkers:
     def close(self) -> None:
         """Tell every worker the run is over (it goes back to saying hello); stop the monitor."""
         for worker in list(self.workers.values()):
-            self._send(worker.route, "reset")
+            self._send(worker.route, "reset", ended=True)
         self.sock.disable_monitor()
         self.monitor.close(linger=0)

@@ -260,13 +260,18 @@ class Worker:
                 self.compile(max_batch)
             elif what == "refuse":
                 raise UserError(f"the head refused this worker: {msg.meta.get('reason')}")
-            elif what == "reset":
+            elif what == "reset" and msg.meta.get("ended"):
                 if self.welcomed:
                     log.info("worker: the head's run ended; waiting for the next")
                 self.welcomed = False
                 if self.args.once:
                     self.stopping = True
                     return 0
+            elif what == "reset":  # the head does not know this connection (a new one): hello
+                if self.welcomed:
+                    log.info("worker: the head does not know this connection; saying hello again")
+                self.welcomed = False
+                self.last_sent = 0.0
             elif what != "heartbeat":
                 log.warning("worker: unexpected %s message from the head", msg.kind)
 

@@ -550,3 +550,47 @@ def test_ctrl_c_with_no_worker_to_run_frames_ends_at_once(model, clip_factory, t
         if head.poll() is None:
             head.kill()
             head.communicate(timeout=10)
+
+
+def test_a_once_worker_says_hello_again_after_a_reset_and_leaves_when_the_run_ends(model):
+    """`--once` ends with the head's run, not when the head merely does not know its connection
+    (a reconnect after a network blip): a plain `reset` makes it say hello again, a `reset` that
+    says the run ended makes it exit 0. This test plays the head on a real ROUTER."""
+    ctx = zmq.Context()
+    head = ctx.socket(zmq.ROUTER)
+    head.setsockopt(zmq.LINGER, 0)
+    port = head.bind_to_random_port("tcp://127.0.0.1")
+    worker = start_cli("ovstream", "-v", "worker", "--connect", f"tcp://127.0.0.1:{port}",
+                       "--model", str(model), "--once", "--threads", "1")  # fmt: skip
+
+    def next_command(want: str) -> tuple[bytes, dict]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if head.poll(1000):
+                route, *parts = head.recv_multipart()
+                meta = messages.decode(parts).meta
+                if meta.get("command") == want:
+                    return route, meta
+        pytest.fail(f"no {want} from the worker within 60 s")
+
+    def tell(route: bytes, command: str, **meta) -> None:
+        parts = messages.encode(messages.COMMAND, "head", 0, {"command": command, **meta})
+        head.send_multipart([route, *parts])
+
+    try:
+        route, _ = next_command("hello")
+        tell(route, "welcome", max_batch=2)
+        next_command("credit")
+        tell(route, "reset")  # "who are you?"
+        route, _ = next_command("hello")  # not gone: it says hello again
+        assert worker.poll() is None
+        tell(route, "welcome", max_batch=2)
+        next_command("credit")
+        tell(route, "reset", ended=True)
+        code, _, err = finish(worker, 60)
+    finally:
+        worker.kill()
+        worker.communicate(timeout=30)
+        ctx.destroy(linger=0)
+    assert code == 0, err
+    assert "saying hello again" in err and "the head's run ended" in err, err
