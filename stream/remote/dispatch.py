@@ -204,7 +204,7 @@ class RemoteWorkers:
                 self._send(route, "reset")
         elif what == "credit":
             requests = msg.meta.get("requests")
-            if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
+            if not messages.is_count(requests):
                 self.rejected.append(f"worker {worker.name}: bad credit {requests!r}")
                 return
             worker.requests = requests

@@ -153,7 +153,7 @@ class PreprocessStage(Stage):
             if (
                 msg.kind != messages.COMMAND
                 or msg.meta.get("command") != "credit"
-                or not (isinstance(frames, int) and not isinstance(frames, bool) and frames > 0)
+                or not messages.is_count(frames)
             ):
                 self.reject(f"demand link: not a credit: {msg.kind} {msg.meta}")
                 continue

@@ -383,6 +383,11 @@ def _batch(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> Batch:
     return Batch(streams, index, times, data, shared)
 
 
+def is_count(value: Any, least: int = 1) -> bool:
+    """An int (not a bool) of at least `least`: a count in a command's fields."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _distinct_names(value: Any) -> bool:
     """A list of 1 to MAX_BATCH_STREAMS distinct strings (stream ids, pool names)."""
     return (
