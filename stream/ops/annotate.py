@@ -130,18 +130,24 @@ def annotate_frame(frame: av.VideoFrame, mark: Mark, size: tuple[int, int]) -> a
 
 
 @dataclass
-class AnnotateStats:
-    """What the annotator did: videos written, frames, and the seconds it spent on them."""
+class DrawStats:
+    """Frames an annotator wrote and the seconds it spent on them, all streams together."""
 
-    videos: int = 0
     frames: int = 0
     seconds: float = 0.0
-    """Decoding, drawing and encoding, all streams together."""
+    """Decoding (files), drawing and encoding."""
     errors: list[str] = field(default_factory=list)
 
     @property
     def ms_per_frame(self) -> float:
         return 1000 * self.seconds / self.frames if self.frames else 0.0
+
+
+@dataclass
+class AnnotateStats(DrawStats):
+    """What the file annotator did: videos written, frames, and the seconds it spent on them."""
+
+    videos: int = 0
 
 
 def write_annotated(

@@ -35,7 +35,7 @@ import av
 import zmq
 
 from stream.errors import UserError
-from stream.ops.annotate import Annotator, Mark, summary_line
+from stream.ops.annotate import Annotator, DrawStats, Mark, summary_line
 from stream.ops.annotate_link import TAP_HWM, AnnotateLink, TapError, TapFrame, decode_tap
 from stream.ops.annotate_segments import SegmentWriter
 from stream.sources.spec import SourceSpec
@@ -60,10 +60,9 @@ def segment_seconds(value: float) -> float:
 
 
 @dataclass
-class LiveStats:
+class LiveStats(DrawStats):
     """What the live annotator did, all streams together."""
 
-    frames: int = 0
     segments: int = 0
     missing: int = 0
     """Results whose source frame never came (dropped on the link, or pushed out of the buffer)."""
@@ -73,13 +72,6 @@ class LiveStats:
     """Source frames pushed out of a full buffer before their result came."""
     rejected: int = 0
     """Malformed messages on the link."""
-    seconds: float = 0.0
-    """Drawing and encoding."""
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def ms_per_frame(self) -> float:
-        return 1000 * self.seconds / self.frames if self.frames else 0.0
 
 
 @dataclass
