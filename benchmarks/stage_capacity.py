@@ -254,7 +254,7 @@ class Driver:
         sock = self._socket(zmq.PULL, link, bind=True, hwm=1000)
         demand = self._socket(zmq.PUSH, "demand", bind=False) if credit else None
         if demand is not None:
-            demand.send_multipart(credit_message(credit))
+            demand.send_multipart(messages.encode_credit(credit))
         first = max(1, frames // 10)
         marks: list[tuple[int, float, float]] = []
         count = 0
@@ -274,7 +274,7 @@ class Driver:
                     self.pools.release(msg.batch)  # infer's part
                     count += len(msg.batch)
                     if demand is not None:
-                        demand.send_multipart(credit_message(len(msg.batch)))
+                        demand.send_multipart(messages.encode_credit(len(msg.batch)))
                 for mark in (first, frames):
                     if count >= mark and len(marks) < (1 if mark == first else 2):
                         marks.append((count, time.perf_counter(), cpu_seconds(pid) if pid else 0))
@@ -341,11 +341,6 @@ class Driver:
 
     def close(self) -> None:
         self.ctx.destroy(linger=0)
-
-
-def credit_message(frames: int) -> list[bytes]:
-    """What infer says on the demand link: it can take `frames` more frames."""
-    return messages.encode(messages.COMMAND, "infer", 0, {"command": "credit", "frames": frames})
 
 
 def rate(stage: str, via: str, count: int, marks: list[tuple[int, float, float]]) -> Capacity:

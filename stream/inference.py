@@ -123,8 +123,8 @@ class FrameQueue:
         self._buffers = ChunkBuffers(max_batch)
         self._again = 0
         """Frames at the front that were taken before and handed back (by a dead worker)."""
-        self.fresh = 0
-        """Frames taken for the first time since the caller last reset this (infer's credit)."""
+        self._fresh = 0
+        """Frames taken for the first time since `pop_fresh` (infer's credit)."""
 
     def __len__(self) -> int:
         return self._count
@@ -159,8 +159,14 @@ class FrameQueue:
         self._count -= len(chunk)
         again = min(self._again, len(chunk))  # handed-back frames are at the front
         self._again -= again
-        self.fresh += len(chunk) - again
+        self._fresh += len(chunk) - again
         return chunk
+
+    def pop_fresh(self) -> int:
+        """Frames taken for the first time since the last call (a dead worker's frames handed
+        back and taken again are not counted twice)."""
+        fresh, self._fresh = self._fresh, 0
+        return fresh
 
     def done(self, chunk: messages.Batch) -> None:
         """`chunk`'s results are out: its frames' array may be reused."""

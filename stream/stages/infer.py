@@ -211,7 +211,7 @@ class InferStage(Stage):
             elif not remote.dispatch(chunk):
                 queued.put(chunk, front=True)
                 break
-        self._credit(queued.fresh)
+        self._credit(queued.pop_fresh())
         self.stats["inflight"] = local.inflight if local is not None else 0
         self.stats["queued"] = len(queued)
         self._worker_stats()
@@ -224,7 +224,7 @@ class InferStage(Stage):
         if not queued:
             return
         chunk = queued.take(len(queued))
-        self._credit(queued.fresh)
+        self._credit(queued.pop_fresh())
         log.warning(
             "infer: stopping with no worker connected: %d frame(s) not classified", len(chunk)
         )
@@ -233,12 +233,8 @@ class InferStage(Stage):
 
     def _credit(self, frames: int) -> None:
         """Tell preprocess it may send `frames` more frames (they left the queue)."""
-        self._queued.fresh = 0
         if frames > 0:
-            parts = messages.encode(
-                messages.COMMAND, "infer", 0, {"command": "credit", "frames": frames}
-            )
-            send(self._demand, parts, self.should_stop)
+            send(self._demand, messages.encode_credit(frames), self.should_stop)
 
     def _announce_workers(self, connected: int) -> None:
         """With inference only on workers: tell publish (status events of every source) when

@@ -276,6 +276,11 @@ def encode(
     return [stream.encode(), orjson.dumps(header, option=HEADER_OPTIONS), *parts]
 
 
+def encode_credit(frames: int) -> list[Any]:
+    """Infer -> preprocess on the demand link: it can take `frames` more frames."""
+    return encode(COMMAND, "infer", 0, {"command": "credit", "frames": frames})
+
+
 def encode_batch(kind: str, batch: Batch, meta: dict[str, Any] | None = None) -> list[Any]:
     """The multipart frames of one data message (send with copy=False)."""
     if kind not in DATA_KINDS:
