@@ -263,18 +263,21 @@ class RemoteWorkers:
             if now - worker.last_heard > self.timeout_s:
                 self._drop(worker, f"silent for {self.timeout_s:g} s")
                 continue
-            due = probing or now - worker.last_sent >= HEARTBEAT_S
-            if due and not self._send(worker.route, "heartbeat"):
-                self._drop(worker, "connection closed")
+            if probing or now - worker.last_sent >= HEARTBEAT_S:
+                self._heartbeat(worker)
         again, self._requeue = self._requeue, []
         return again
 
     def _probe(self) -> None:
-        """Drop the workers whose connection the ROUTER no longer holds (a heartbeat to them
-        fails with EHOSTUNREACH)."""
+        """Drop the workers whose connection the ROUTER no longer holds."""
         for worker in list(self.workers.values()):
-            if not self._send(worker.route, "heartbeat"):
-                self._drop(worker, "connection closed")
+            self._heartbeat(worker)
+
+    def _heartbeat(self, worker: Worker) -> None:
+        """Send `worker` a heartbeat; one the ROUTER cannot send (EHOSTUNREACH: it holds no
+        connection to it any more) drops it."""
+        if not self._send(worker.route, "heartbeat"):
+            self._drop(worker, "connection closed")
 
     def _drop(self, worker: Worker, why: str) -> None:
         self.workers.pop(worker.route, None)
