@@ -128,6 +128,7 @@ class InferStage(Stage):
 
         local, remote = self._local, self._remote
         self._queued = queued = FrameQueue(pools, max_batch)
+        self._owed = 0
         self._credit(CREDIT_BATCHES * max_batch)  # room in the queue: preprocess may send
 
         def rejected(msg: messages.Message) -> None:
@@ -189,6 +190,8 @@ class InferStage(Stage):
                     queued.put(msg.batch)
                     self._pending.update(msg.batch.stream_ids())
             self._start(max_batch)
+            if self._owed and not tracker.done:
+                self._credit(0)
             if remote is not None and local is None:
                 self._announce_workers(len(remote.workers))
                 if self.run_stopping and not remote.workers:
@@ -232,9 +235,21 @@ class InferStage(Stage):
         self._done_with(chunk)
 
     def _credit(self, frames: int) -> None:
-        """Tell preprocess it may send `frames` more frames (they left the queue)."""
-        if frames > 0:
-            send(self._demand, messages.encode_credit(frames), self.should_stop)
+        """Tell preprocess it may send `frames` more frames (they left the queue).
+
+        Never blocks: credit that cannot go now (preprocess not reading, or gone after its last
+        end of stream, when nothing reads the link again) is owed and goes with the next."""
+        self._owed += frames
+        if self._owed <= 0:
+            return
+        assert self._demand is not None
+        try:
+            self._demand.send_multipart(
+                messages.encode_credit(self._owed), flags=zmq.NOBLOCK, copy=False
+            )
+        except zmq.Again:
+            return
+        self._owed = 0
 
     def _announce_workers(self, connected: int) -> None:
         """With inference only on workers: tell publish (status events of every source) when

@@ -218,3 +218,41 @@ def test_preprocess_gathers_frames_while_infer_has_no_credit(tmp_path, zctx):
     finally:
         proc.kill()
         proc.join(10)
+
+
+def test_infer_finishes_when_nothing_reads_its_credit(model, tmp_path, zctx):
+    """Credit that cannot be sent (preprocess gone after its last end of stream, or not reading)
+    never holds infer up: one frame a request gives a credit message per frame, far more than
+    the demand link's queue holds, and every frame still gets its result and the run ends."""
+    stage = InferStage(InferConfig(str(model), ["s"], max_batch=1), TransportConfig(), {})
+    endpoints = {
+        link: f"ipc://{tmp_path}/{link}.sock" for link in ("tensors", "demand", "logits", "control")
+    }
+    stage.endpoints = endpoints  # nothing binds the demand link: its credit is never read
+    control, out = zctx.socket(zmq.PULL), zctx.socket(zmq.PULL)
+    control.bind(endpoints["control"])
+    out.bind(endpoints["logits"])
+    push = zctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(endpoints["tensors"])
+    frames = 24
+    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
+    proc.start()
+    try:
+        assert messages.decode(recv_within(control, 60)).kind == messages.READY
+        good = np.zeros((224, 224, 3), np.uint8)
+        for seq in range(frames):
+            push.send_multipart(frame_msg(seq, good, messages.TENSOR), copy=False)
+        push.send_multipart(eos(frames))
+        received = []
+        while not received or received[-1].kind != messages.EOS:
+            received.append(messages.decode(recv_within(out, 30)))
+        assert sorted(row[1] for m in received[:-1] for row in m.batch.rows()) == list(
+            range(frames)
+        )
+        proc.join(30)
+        assert proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
