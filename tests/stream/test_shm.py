@@ -198,3 +198,26 @@ def test_shared_frames_that_name_nothing_real_are_rejected(clip_factory, model, 
     logged = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert len(logged) == 1 and "frame pool 1.pool" in logged[0], logged
     assert pipeline.summary.rejected == 1
+
+
+def test_a_full_pool_waits_for_a_burst_of_free_slots(tmp_path):
+    """A capture that found every slot in flight goes on only once `resume` are free again, so
+    it decodes a burst of frames per wake-up instead of one."""
+    pool = shm.FramePool.create(tmp_path, SHAPE, slots=4)
+    for _ in range(4):
+        pool.acquire()
+    other = shm.FramePool.attach(tmp_path, pool.name)  # infer frees slots while it waits
+    looks = []
+
+    def stop():
+        looks.append(pool.in_use())
+        if len(looks) == 1:
+            other.release([0])
+        elif len(looks) == 3:
+            other.release([2])
+        return False
+
+    assert pool.wait(stop, timeout_s=10, resume=2) in (0, 2)
+    assert looks == [4, 3, 3]  # one slot free was not enough: it waited for the second
+    assert pool.in_use() == 3
+    assert pool.acquire() in (0, 2)  # the other freed one, without waiting
