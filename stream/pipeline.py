@@ -63,14 +63,6 @@ class PipelineError(RuntimeError):
     """The pipeline stopped because a stage died; the message names the stage and the reason."""
 
 
-def decoder_threads(captures: int, cores: int) -> int:
-    """Threads of each file decoder in AUTO: the decoders together get at most half the cores,
-    since inference needs the rest, and at least one thread each. One thread a decoder costs
-    15-25 % less CPU per frame than FFmpeg's frame threading, so a run that does not need more
-    decodes with one (one stream on 2 cores, 8 streams on 16)."""
-    return max(1, cores // (2 * max(1, captures)))
-
-
 class Pipeline:
     """capture (one process per source) -> preprocess -> infer -> publish, supervised."""
 
@@ -153,11 +145,10 @@ class Pipeline:
             for k in range(cfg.max_jobs):
                 stages.append(CaptureStage(worker, cfg.transport, endpoints, worker=k))
         captures = sum(isinstance(s, CaptureStage) for s in stages)
-        if cfg.decoder_threads == "AUTO":
-            threads = decoder_threads(captures, os.cpu_count() or 1)
-            for stage in stages:
+        if cfg.decoder_threads == "AUTO" and captures >= (os.cpu_count() or 1):
+            for stage in stages:  # the streams keep every core busy: one thread a decoder
                 if isinstance(stage, CaptureStage):
-                    stage.config.thread_count = threads
+                    stage.config.thread_count = 1
         if cfg.transport.shared_memory:
             g = info.geometry
             self._shm_dir = make_run_dir(captures, (g.height, g.width, 3))

@@ -77,8 +77,9 @@ class CaptureConfig:
     """Live sources with `--annotate`: also send a copy of each frame sent on to the annotator
     here (stream/ops/annotate_link.py); None = no link, no copies."""
     thread_count: int = 0
-    """Decoder threads for a file; 0 = FFmpeg's choice. In AUTO the pipeline gives its decoders
-    at most half the cores together (stream/pipeline.py `decoder_threads`)."""
+    """Decoder threads for a file; 0 = FFmpeg's choice. The pipeline sets 1 in AUTO when it runs
+    at least as many decoders as there are cores: the streams then keep the cores busy, and one
+    thread a decoder costs 15-25 % less CPU per frame than frame threading."""
 
     def __post_init__(self) -> None:
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
