@@ -14,6 +14,10 @@ synthetic messages as fast as the stage takes them and counts what comes out.
   one pixel), so the figure is the stage's own cost, not a network's; OpenVINO's CPU for that IR
   alone (pure inference, benchmark_app's way) is measured too and shown subtracted;
 - publish: LOGITS ([1000] f32) -> result records on its PUB socket (no subscriber) and the sink;
+- dispatch: infer with `--no-local-infer` handing TENSORs to one remote worker (a real
+  `ovstream worker` on the trivial IR, on the driver's cores, over loopback tcp) and passing its
+  LOGITS on: the head's dispatch cost per frame (issue #14), an alternative to the infer row and
+  not part of the sum;
 - capture (send path): what capture does per frame after decoding and the one resize to the
   model input: `CaptureStage._send_frame` (a slot, stamp, encode, send) and its per-frame
   bookkeeping, on one 224x224 frame, in a pinned process; decoding and the resize are left out
@@ -43,6 +47,7 @@ import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -73,9 +78,9 @@ from stream.stages.preprocess import (  # noqa: E402
 from stream.stages.publish import PublishConfig, PublishStage  # noqa: E402
 from stream.wire import messages  # noqa: E402
 from stream.wire.shm import FramePool, PoolSet, make_run_dir  # noqa: E402
-from stream.wire.transport import LINKS, TransportConfig  # noqa: E402
+from stream.wire.transport import LINKS, TransportConfig, free_tcp_port  # noqa: E402
 
-STAGES = ("capture", "preprocess", "infer", "publish")
+STAGES = ("capture", "preprocess", "infer", "publish", "dispatch")
 VIAS = ("shm", "msg")
 """How frames travel from capture to infer: in shared memory, or inside the messages."""
 TARGET_FPS = 10_000
@@ -134,6 +139,8 @@ class Capacity:
     """CPU ms per frame of the stage's process in the same window."""
     openvino_ms: float = 0.0
     """Of cpu_ms, what OpenVINO itself spends on the trivial IR (infer only; measured alone)."""
+    batch: float = 0.0
+    """Frames per message that came out (infer, dispatch: per request or chunk)."""
 
     @property
     def own_ms(self) -> float:
@@ -205,6 +212,8 @@ class Driver:
         self.pools = PoolSet(endpoints.get("shm"))
         """Frees the slots of what comes out, where capture or preprocess is measured alone."""
         self.ctx = zmq.Context()
+        self.messages = 0
+        """Data messages the sink received."""
         self.control = self._socket(zmq.PULL, "control", bind=True)
         self.commands = self._socket(zmq.ROUTER, "command", bind=True)
 
@@ -269,10 +278,13 @@ class Driver:
                     count += 1
                 else:
                     msg = messages.decode(parts)
+                    if msg.kind == messages.STATUS:
+                        continue  # infer with only workers: "workers_available"
                     if msg.batch is None:
                         break  # the end of stream
                     self.pools.release(msg.batch)  # infer's part
                     count += len(msg.batch)
+                    self.messages += 1
                     if demand is not None:
                         demand.send_multipart(messages.encode_credit(len(msg.batch)))
                 for mark in (first, frames):
@@ -343,6 +355,30 @@ class Driver:
         self.ctx.destroy(linger=0)
 
 
+def start_worker(endpoint: str, model: Path, cores: set[int]) -> subprocess.Popen:
+    """A real `ovstream worker` for the dispatch row, on `cores` (the driver's)."""
+    argv = [sys.executable, "-m", "stream.cli", "worker", "--connect", endpoint]
+    argv += ["--model", str(model), "--threads", "1", "--requests", "2", "--once"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+    )
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    """The worker leaves by itself once the head's run is over (`--once`)."""
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(10)
+        raise RuntimeError("the worker did not leave after the run") from None
+
+
 def rate(stage: str, via: str, count: int, marks: list[tuple[int, float, float]]) -> Capacity:
     (n0, t0, c0), (n1, t1, c1) = marks[0], marks[-1]
     if n1 <= n0:
@@ -370,7 +406,11 @@ def measure_stage(
             raise RuntimeError("no room in /dev/shm for the frames: measure with --via msg")
         endpoints["shm"] = shm_dir
     driver = Driver(endpoints)
-    pool = FramePool.create(shm_dir, shape) if shm_dir and name in ("preprocess", "infer") else None
+    pool = (
+        FramePool.create(shm_dir, shape)
+        if shm_dir and name in ("preprocess", "infer", "dispatch")
+        else None
+    )
     spawn = mp.get_context("spawn")
     image = np.zeros((geometry.height, geometry.width, 3), np.uint8)
     try:
@@ -388,6 +428,7 @@ def measure_stage(
             return rate(name, via, count, marks)
         transport = TransportConfig()
         stage: Stage
+        worker = None
         # What each stage receives in a loaded pipeline: preprocess, one frame a message from
         # each capture; infer and publish, batches of up to max_batch frames.
         if name == "preprocess":
@@ -400,6 +441,14 @@ def measure_stage(
                 InferConfig(str(model), [STREAM], max_batch=batch), transport, endpoints
             )
             links, kind, payload, fed = ("tensors", "logits"), messages.TENSOR, image, batch
+        elif name == "dispatch":
+            endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+            config = InferConfig(
+                str(model), [STREAM], max_batch=batch, workers=endpoint, local=False
+            )
+            stage = InferStage(config, transport, endpoints)
+            links, kind, payload, fed = ("tensors", "logits"), messages.TENSOR, image, batch
+            worker = start_worker(endpoint, model, os.sched_getaffinity(0))
         elif name == "publish":
             config = PublishConfig(
                 str(model), {STREAM: "synthetic.mp4"}, publish=endpoints["pub"], sink=True
@@ -413,7 +462,7 @@ def measure_stage(
         proc.start()
         try:
             driver.wait_ready()
-            if name == "infer":
+            if name in ("infer", "dispatch"):
                 driver.drain_demand()
             feeder = driver.feed(links[0], kind, payload, frames, fed, pool)
             credit = 2 * batch if name == "preprocess" else 0
@@ -424,7 +473,11 @@ def measure_stage(
             if proc.is_alive():
                 proc.kill()
                 proc.join(10)
-        return rate(name, via if name != "publish" else "-", count, marks)
+            if worker is not None:
+                stop_worker(worker)
+        result = rate(name, via if name != "publish" else "-", count, marks)
+        result.batch = count / driver.messages if driver.messages else 0.0
+        return result
     finally:
         driver.close()
         if shm_dir:
@@ -539,8 +592,11 @@ def table(results: list[Capacity], header: str, parts: dict[str, float] | None =
             f" {r.openvino_ms:>9.3f} {r.own_ms:>7.3f} {r.capacity:>14.0f} {ok:>7}"
         )
     lines.append("")
+    for r in results:
+        if r.stage == "dispatch":
+            lines.append(f"dispatch: {r.batch:.1f} frames a chunk to the worker on average")
     for via in VIAS:
-        rows = [r for r in results if r.via in (via, "-")]
+        rows = [r for r in results if r.via in (via, "-") and r.stage != "dispatch"]
         if any(r.via == via for r in rows):
             total = sum(r.own_ms for r in rows)
             lines.append(
@@ -614,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     pure_ms = openvino_ms(model, 2.0, args.batch) if "infer" in stages else 0.0
     for stage in stages:
-        for via in vias if stage != "publish" else vias[:1]:
+        for via in vias if stage not in ("publish", "dispatch") else vias[:1]:
             result = measure_stage(
                 stage, via, model, args.frames, cpu, workdir, geometry, args.batch
             )
