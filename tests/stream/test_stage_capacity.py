@@ -28,11 +28,13 @@ def test_stage_capacity_measures_every_stage(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     rows = {r["stage"]: r for r in result["rows"]}  # the last of each stage
-    assert list(rows) == ["capture", "preprocess", "infer", "publish"]
+    assert list(rows) == ["capture", "preprocess", "infer", "publish", "dispatch"]
     vias = [(r["stage"], r["via"]) for r in result["rows"]]
     assert vias == [(s, v) for s in ("capture", "preprocess", "infer") for v in ("shm", "msg")] + [
-        ("publish", "-")
+        ("publish", "-"),
+        ("dispatch", "shm"),  # through a real `ovstream worker`
     ]
+    assert 1 <= rows["dispatch"]["batch"] <= 8 and rows["dispatch"]["openvino_ms"] == 0
     for row in result["rows"]:
         assert row["frames"] == 200, row
         assert row["fps"] > 0 and row["cpu_ms"] >= 0
@@ -42,7 +44,8 @@ def test_stage_capacity_measures_every_stage(tmp_path):
     assert rows["infer"]["openvino_ms"] > 0
     text = table.read_text()
     for via in ("shm", "msg"):
-        total = sum(r["own_ms"] for r in result["rows"] if r["via"] in (via, "-"))
+        rows_of = [r for r in result["rows"] if r["via"] in (via, "-") and r["stage"] != "dispatch"]
+        total = sum(r["own_ms"] for r in rows_of)  # dispatch is the alternative to infer
         assert f"sum of the stages' own CPU per frame, frames via {via}: {total:.3f} ms" in text
     assert text in proc.stdout
     assert all(us > 0 for us in result["pieces_us"].values())
