@@ -369,14 +369,16 @@ def start_worker(endpoint: str, model: Path, cores: set[int]) -> subprocess.Pope
     )
 
 
-def stop_worker(worker: subprocess.Popen) -> None:
-    """The worker leaves by itself once the head's run is over (`--once`)."""
+def stop_worker(worker: subprocess.Popen) -> bool:
+    """Wait for the worker to leave by itself, as it does once the head's run is over (`--once`);
+    kill it otherwise (a run that failed). False if it had to be killed."""
     try:
         worker.wait(30)
+        return True
     except subprocess.TimeoutExpired:
         worker.kill()
         worker.wait(10)
-        raise RuntimeError("the worker did not leave after the run") from None
+        return False
 
 
 def rate(stage: str, via: str, count: int, marks: list[tuple[int, float, float]]) -> Capacity:
@@ -448,7 +450,6 @@ def measure_stage(
             )
             stage = InferStage(config, transport, endpoints)
             links, kind, payload, fed = ("tensors", "logits"), messages.TENSOR, image, batch
-            worker = start_worker(endpoint, model, os.sched_getaffinity(0))
         elif name == "publish":
             config = PublishConfig(
                 str(model), {STREAM: "synthetic.mp4"}, publish=endpoints["pub"], sink=True
@@ -460,7 +461,10 @@ def measure_stage(
             raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
         proc = spawn.Process(target=pinned_stage_main, args=(stage, cpu))
         proc.start()
+        left = True
         try:
+            if name == "dispatch":
+                worker = start_worker(endpoint, model, os.sched_getaffinity(0))
             driver.wait_ready()
             if name in ("infer", "dispatch"):
                 driver.drain_demand()
@@ -474,7 +478,9 @@ def measure_stage(
                 proc.kill()
                 proc.join(10)
             if worker is not None:
-                stop_worker(worker)
+                left = stop_worker(worker)
+        if not left:
+            raise RuntimeError("the worker did not leave after the run")
         result = rate(name, via if name != "publish" else "-", count, marks)
         result.batch = count / driver.messages if driver.messages else 0.0
         return result

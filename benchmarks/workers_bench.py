@@ -57,11 +57,11 @@ class Run:
     """Infer stage CPU per frame over the steady window."""
     per_worker: dict[str, int]
     worker_busy: list[float]
+    """Each worker's CPU over the steady window, as a share of one core."""
     head_threads: dict[str, float]
     """Of head_cpu_ms: ms per frame by thread (main, zmq io, other)."""
     chunk: float
     """Frames per batch sent to a worker, on average."""
-    """Each worker's CPU over the steady window, as a share of one core."""
 
 
 def cpu_s(pid: int) -> float:

@@ -57,8 +57,8 @@ WAIT_STEP_MAX_S = 0.005
 RESUME_FREE = DEFAULT_SLOTS // 4
 """A capture that found every slot in flight goes on once this many are free again (`wait`), and
 then decodes that many frames in one go: one wake-up a burst, not one a frame, with the decoder's
-state still in cache. With 8 files on 2 cores, waking for each freed slot cost the captures about
-a third more CPU than decoding and scaling alone."""
+state still in cache. With 8 files of 640x360 on 2 cores, waking for each freed slot cost each
+capture 1.07-1.12 s of CPU for 800 frames, bursts 0.83-0.86 s."""
 
 
 def make_run_dir(pools: int, shape: tuple[int, int, int], root: Path = SHM_ROOT) -> str | None:
