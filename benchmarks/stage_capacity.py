@@ -124,6 +124,15 @@ def cpu_seconds(pid: int | None = None) -> float:
     return times.user + times.system
 
 
+def main_thread_seconds(pid: int) -> float:
+    """CPU seconds of process `pid`'s main thread alone (the rest: ZeroMQ's I/O thread,
+    OpenVINO's and pyzmq's helper threads)."""
+    for thread in psutil.Process(pid).threads():
+        if thread.id == pid:
+            return thread.user_time + thread.system_time
+    return 0.0
+
+
 @dataclass
 class Capacity:
     """What one stage passed on one core."""
@@ -141,6 +150,8 @@ class Capacity:
     """Of cpu_ms, what OpenVINO itself spends on the trivial IR (infer only; measured alone)."""
     batch: float = 0.0
     """Frames per message that came out (infer, dispatch: per request or chunk)."""
+    main_ms: float = 0.0
+    """Of cpu_ms, the stage's main thread (the rest: ZeroMQ's I/O thread and helpers)."""
 
     @property
     def own_ms(self) -> float:
@@ -183,18 +194,18 @@ def capture_send_loop(
             return image if out is None else np.copyto(out, image) or out
 
         stage._frames.scale = resized  # type: ignore[assignment]
-        marks: list[tuple[int, float, float]] = []
+        marks: list[tuple[int, float, float, float]] = []
         first = frames // 10
         for seq in range(frames):
             if seq == first:
-                marks.append((seq, time.perf_counter(), cpu_seconds()))
+                marks.append((seq, time.perf_counter(), cpu_seconds(), time.thread_time()))
             # _run_file's loop body, less decoding and the resize:
             stage.stats["decoded"] = seq + 1
             stage._send_frame(seq, seq, seq / 25.0, None)
             stage._sent = seq + 1
             stage.stats["frames"] = stage._sent
             stage.tick()
-        marks.append((frames, time.perf_counter(), cpu_seconds()))
+        marks.append((frames, time.perf_counter(), cpu_seconds(), time.thread_time()))
         stage._send_eos(frames, {"count": frames})
         results.put(marks)
     finally:
@@ -255,9 +266,10 @@ class Driver:
 
     def sink(
         self, link: str, frames: int, records: bool, pid: int | None, credit: int = 0
-    ) -> tuple[int, list[tuple[int, float, float]]]:
+    ) -> tuple[int, list[tuple[int, float, float, float]]]:
         """Count the frames coming out on `link` until the end marker; (frames, marks of
-        (count, time, the stage's CPU s) at 10 % of the frames and at the last). `records`: the
+        (count, time, the stage's CPU s, its main thread's) at 10 % of the frames and at the
+        last). `records`: the
         link carries result records (publish's sink), else data messages (batches). `credit`:
         play infer for preprocess, giving it this much credit and then each frame's back."""
         sock = self._socket(zmq.PULL, link, bind=True, hwm=1000)
@@ -265,7 +277,7 @@ class Driver:
         if demand is not None:
             demand.send_multipart(messages.encode_credit(credit))
         first = max(1, frames // 10)
-        marks: list[tuple[int, float, float]] = []
+        marks: list[tuple[int, float, float, float]] = []
         count = 0
         try:
             while True:
@@ -289,7 +301,9 @@ class Driver:
                         demand.send_multipart(messages.encode_credit(len(msg.batch)))
                 for mark in (first, frames):
                     if count >= mark and len(marks) < (1 if mark == first else 2):
-                        marks.append((count, time.perf_counter(), cpu_seconds(pid) if pid else 0))
+                        main = main_thread_seconds(pid) if pid else 0.0  # first: <= total
+                        total = cpu_seconds(pid) if pid else 0.0
+                        marks.append((count, time.perf_counter(), total, main))
         finally:
             sock.close()
             if demand is not None:
@@ -381,11 +395,15 @@ def stop_worker(worker: subprocess.Popen) -> bool:
         return False
 
 
-def rate(stage: str, via: str, count: int, marks: list[tuple[int, float, float]]) -> Capacity:
-    (n0, t0, c0), (n1, t1, c1) = marks[0], marks[-1]
+def rate(
+    stage: str, via: str, count: int, marks: list[tuple[int, float, float, float]]
+) -> Capacity:
+    (n0, t0, c0, m0), (n1, t1, c1, m1) = marks[0], marks[-1]
     if n1 <= n0:
         raise RuntimeError(f"{stage}: too few frames to measure; raise --frames")
-    return Capacity(stage, via, count, (n1 - n0) / (t1 - t0), (c1 - c0) * 1e3 / (n1 - n0))
+    per_frame = 1e3 / (n1 - n0)
+    fps = (n1 - n0) / (t1 - t0)
+    return Capacity(stage, via, count, fps, (c1 - c0) * per_frame, main_ms=(m1 - m0) * per_frame)
 
 
 def measure_stage(
@@ -600,7 +618,11 @@ def table(results: list[Capacity], header: str, parts: dict[str, float] | None =
     lines.append("")
     for r in results:
         if r.stage == "dispatch":
-            lines.append(f"dispatch: {r.batch:.1f} frames a chunk to the worker on average")
+            lines.append(
+                f"dispatch: {r.batch:.1f} frames a chunk to the worker on average; of its"
+                f" {r.cpu_ms:.3f} ms a frame, the main thread {r.main_ms:.3f}, ZeroMQ's I/O"
+                f" thread and pyzmq's helper {r.cpu_ms - r.main_ms:.3f}"
+            )
     for via in VIAS:
         rows = [r for r in results if r.via in (via, "-") and r.stage != "dispatch"]
         if any(r.via == via for r in rows):

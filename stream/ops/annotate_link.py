@@ -26,7 +26,7 @@ import av
 import numpy as np
 import zmq
 
-from stream.wire.transport import TransportConfig, open_socket
+from stream.wire.transport import NOBLOCK, TransportConfig, open_socket, send_parts
 
 TAP_VERSION = 1
 TAP_HWM = 16
@@ -188,7 +188,7 @@ class FrameTap:
             int(frame.colorspace or 0),
         )
         try:
-            self.sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+            send_parts(self.sock, parts, NOBLOCK)
             self.stats["annotate_sent"] += 1
             sent = True
         except zmq.Again:

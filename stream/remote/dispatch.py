@@ -51,6 +51,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from stream.wire import messages
+from stream.wire.transport import NOBLOCK, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class RemoteWorkers:
             if parts is None:
                 parts = messages.encode_batch(messages.TENSOR, chunk, {"chunk": self._next_chunk})
             try:
-                self.sock.send_multipart([worker.route, *parts], copy=False, flags=zmq.NOBLOCK)
+                send_parts(self.sock, [worker.route, *parts], NOBLOCK)
             except zmq.ZMQError as exc:  # gone (ROUTER_MANDATORY) or its queue is full
                 log.debug("workers: could not send to %s: %s", worker.name, exc)
                 if exc.errno == zmq.EHOSTUNREACH:
@@ -154,7 +155,7 @@ class RemoteWorkers:
         results: list[tuple[messages.Batch, Any]] = []
         while True:
             try:
-                frames = self.sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+                frames = recv_parts(self.sock, NOBLOCK)
             except zmq.Again:
                 break
             if len(frames) < 2:
@@ -299,7 +300,7 @@ class RemoteWorkers:
         `route` (it closed), True otherwise (sent, or its queue was full)."""
         parts = messages.encode(messages.COMMAND, "head", 0, {"command": command, **meta})
         try:
-            self.sock.send_multipart([route, *parts], flags=zmq.NOBLOCK)
+            send_parts(self.sock, [route, *parts], NOBLOCK)
         except zmq.ZMQError as exc:
             return exc.errno != zmq.EHOSTUNREACH
         worker = self.workers.get(route)

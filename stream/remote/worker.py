@@ -34,6 +34,7 @@ from stream.remote.dispatch import DEFAULT_WORKER_TIMEOUT_S, HEARTBEAT_S
 from stream.run import add_requests_argument
 from stream.stages.preprocess import MAX_BATCH_LIMIT
 from stream.wire import messages
+from stream.wire.transport import NOBLOCK, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class Worker:
         assert self.sock is not None
         self.last_sent = time.monotonic()
         try:
-            self.sock.send_multipart(parts, copy=copy, flags=zmq.NOBLOCK)
+            send_parts(self.sock, parts, NOBLOCK, copy=copy)
         except zmq.Again:
             log.debug("worker: no link to the head: a message dropped")
             return False
@@ -230,7 +231,7 @@ class Worker:
         assert self.sock is not None
         while True:
             try:
-                frames = self.sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+                frames = recv_parts(self.sock, NOBLOCK)
             except zmq.Again:
                 return None
             self.last_heard = time.monotonic()

@@ -47,7 +47,7 @@ from stream.sources.spec import SourceSpec
 from stream.stages.base import Stage
 from stream.stages.frame_out import FrameOut
 from stream.wire import messages
-from stream.wire.transport import TransportConfig, send
+from stream.wire.transport import NOBLOCK, TransportConfig, send, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class CaptureStage(Stage):
                 self.spec.stream_id, self._sent, index, pts, captured, frame, where
             )
             try:
-                sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+                send_parts(sock, parts, NOBLOCK)
                 self._sent += 1
             except zmq.Again:
                 self._late_drops += 1
@@ -399,7 +399,7 @@ class CaptureStage(Stage):
         if self._status_out is not None:
             parts = messages.encode(messages.STATUS, src.stream_id, 0, {"status": record})
             try:
-                self._status_out.send_multipart(parts, flags=zmq.NOBLOCK)
+                send_parts(self._status_out, parts, NOBLOCK)
             except zmq.Again:
                 self.stats["status_dropped"] = self.stats.get("status_dropped", 0) + 1
         self.tick(force=True)

@@ -33,7 +33,7 @@ from stream.stages.base import STATS_INTERVAL_S, Stage, StreamTracker
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.wire import messages
 from stream.wire.shm import PoolSet
-from stream.wire.transport import TransportConfig, bind_error, send
+from stream.wire.transport import NOBLOCK, TransportConfig, bind_error, send, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +244,7 @@ class InferStage(Stage):
             return
         assert self._demand is not None
         try:
-            self._demand.send_multipart(
-                messages.encode_credit(self._owed), flags=zmq.NOBLOCK, copy=False
-            )
+            send_parts(self._demand, messages.encode_credit(self._owed), NOBLOCK)
         except zmq.Again:
             return
         self._owed = 0

@@ -32,10 +32,12 @@ from stream.results_file import output_problem
 from stream.stages.base import Stage, StreamTracker
 from stream.wire import messages
 from stream.wire.transport import (
+    NOBLOCK,
     TransportConfig,
     open_socket,
     receive_message,
     send,
+    send_parts,
 )
 
 log = logging.getLogger(__name__)
@@ -312,7 +314,7 @@ class PublishStage(Stage):
         topic = messages.status_topic(stream).encode()
         if self._pub is not None:
             try:
-                self._pub.send_multipart([topic, data], flags=zmq.NOBLOCK)
+                send_parts(self._pub, [topic, data], NOBLOCK)
             except zmq.Again:
                 self.stats["pub_dropped"] += 1
         if self._mqtt is not None:
@@ -350,7 +352,7 @@ class PublishStage(Stage):
         topic = record["stream_id"].encode()
         if self._pub is not None:
             try:
-                self._pub.send_multipart([topic, data], flags=zmq.NOBLOCK)
+                send_parts(self._pub, [topic, data], NOBLOCK)
             except zmq.Again:
                 self.stats["pub_dropped"] += 1
         if self._file is not None:

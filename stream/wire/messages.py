@@ -300,19 +300,23 @@ def _buffer(part: Any) -> memoryview:
 
 
 def _require(header: dict[str, Any], key: str, types: type | tuple[type, ...]) -> Any:
-    if key not in header:
+    value = header.get(key, _MISSING)
+    if type(value) is types:  # the usual case, and never a bool for int
+        return value
+    if value is _MISSING:
         raise MessageError(f"header has no {key!r}")
-    value = header[key]
     if isinstance(value, bool) or not isinstance(value, types):
         raise MessageError(f"header field {key!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+_MISSING = object()
 
 
 def decode(parts: list[Any]) -> Message:
     """Check and decode multipart frames; raises MessageError on anything malformed."""
     if len(parts) < 2:
         raise MessageError(f"expected [topic, header, payload...], got {len(parts)} part(s)")
-    topic = bytes(_buffer(parts[0]))
     raw = _buffer(parts[1])
     if raw.nbytes > MAX_HEADER_BYTES:
         raise MessageError(f"header too large ({raw.nbytes} bytes)")
@@ -320,30 +324,29 @@ def decode(parts: list[Any]) -> Message:
         header = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MessageError(f"header is not JSON: {exc}") from None
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise MessageError("header is not a JSON object")
-    version = header.get("v")
+    version = header.pop("v", None)
     if version != WIRE_VERSION:
         raise MessageError(f"wire version {version!r}, expected {WIRE_VERSION}")
     kind = _require(header, "kind", str)
     if kind not in KINDS:
         raise MessageError(f"unknown kind {kind!r}")
     stream = _require(header, "stream", str)
-    if topic != stream.encode():
-        raise MessageError(f"topic {topic!r} does not match stream {stream!r}")
+    if bytes(_buffer(parts[0])) != stream.encode():
+        raise MessageError(f"topic {bytes(_buffer(parts[0]))!r} does not match stream {stream!r}")
     seq = _require(header, "seq", int)
     if seq < 0:
         raise MessageError(f"negative sequence number {seq}")
     specs = _require(header, "arrays", list)
     if len(specs) != len(parts) - 2:
         raise MessageError(f"header announces {len(specs)} payload(s), got {len(parts) - 2}")
-    arrays = []
-    for spec, part in zip(specs, parts[2:], strict=True):
-        arrays.append(_array(spec, _buffer(part)))
-    meta = {k: v for k, v in header.items() if k not in ("v", "kind", "stream", "seq", "arrays")}
+    arrays = [_array(spec, _buffer(part)) for spec, part in zip(specs, parts[2:], strict=True)]
+    del header["kind"], header["stream"], header["seq"], header["arrays"]
+    meta = header  # what is left: the other fields
     batch = _batch(kind, meta, arrays) if kind in DATA_KINDS else None
     if kind == EOS:
-        _require(header, "count", int)
+        _require(meta, "count", int)
     return Message(kind=kind, stream=stream, seq=seq, meta=meta, arrays=arrays, batch=batch)
 
 
@@ -425,7 +428,31 @@ def _shared(kind: str, spec: Any, refs: np.ndarray) -> Shared | None:
     return Shared(pools, tuple(shape))
 
 
+_SPECS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, tuple[int, ...], int]] = {}
+"""Array specs already checked: (dtype name, shape) -> (dtype, shape, bytes). A stage sees a
+handful (one per batch size), so checking each once saves most of a decode's time; bounded by
+MAX_SPECS, so a peer sending ever new shapes cannot grow it."""
+MAX_SPECS = 1024
+
+
 def _array(spec: Any, buf: memoryview) -> np.ndarray:
+    """The payload part `buf` as an array of `spec` ({"dtype", "shape"}), without a copy."""
+    try:
+        known = _SPECS.get((spec["dtype"], tuple(spec["shape"])))
+    except (TypeError, KeyError):  # not an object, a shape that is not a list of numbers...
+        known = None
+    if known is None:
+        known = _check_spec(spec)
+    dtype, shape, expected = known
+    if buf.nbytes != expected:
+        raise MessageError(
+            f"payload has {buf.nbytes} bytes, {spec['dtype']}{list(shape)} needs {expected}"
+        )
+    return np.ndarray(shape, dtype, buf)
+
+
+def _check_spec(spec: Any) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Check an array spec not seen before; remember it."""
     if not isinstance(spec, dict):
         raise MessageError("array spec is not an object")
     name, shape = spec.get("dtype"), spec.get("shape")
@@ -438,7 +465,8 @@ def _array(spec: Any, buf: memoryview) -> np.ndarray:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise MessageError(f"bad shape {shape!r}")
-    expected = math.prod(shape) * dtype.itemsize
-    if buf.nbytes != expected:
-        raise MessageError(f"payload has {buf.nbytes} bytes, {name}{shape} needs {expected}")
-    return np.frombuffer(buf.cast("B"), dtype=dtype).reshape(shape)
+    known = (dtype, tuple(shape), math.prod(shape) * dtype.itemsize)
+    if len(_SPECS) >= MAX_SPECS:
+        _SPECS.clear()
+    _SPECS[(name, known[1])] = known
+    return known

@@ -5,6 +5,7 @@ never asserted)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def test_stage_capacity_measures_every_stage(tmp_path):
         ("dispatch", "shm"),  # through a real `ovstream worker`
     ]
     assert 1 <= rows["dispatch"]["batch"] <= 8 and rows["dispatch"]["openvino_ms"] == 0
+    tick_ms = 1e3 / os.sysconf("SC_CLK_TCK")  # the two are read one after the other
+    for row in result["rows"]:  # the main thread's share of the stage's CPU
+        assert 0 <= row["main_ms"] <= row["cpu_ms"] + tick_ms / (row["frames"] * 0.9), row
     for row in result["rows"]:
         assert row["frames"] == 200, row
         assert row["fps"] > 0 and row["cpu_ms"] >= 0
