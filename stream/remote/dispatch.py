@@ -51,7 +51,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from stream.wire import messages
-from stream.wire.transport import NOBLOCK, recv_parts, send_parts
+from stream.wire.transport import NOBLOCK, readable, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class RemoteWorkers:
         """Handle every message waiting on the socket, then the monitor's news of closed
         connections; returns (batch, outputs) of each answered chunk."""
         results: list[tuple[messages.Batch, Any]] = []
-        while True:
+        while readable(self.sock):
             try:
                 frames = recv_parts(self.sock, NOBLOCK)
             except zmq.Again:
@@ -188,13 +188,14 @@ class RemoteWorkers:
     def _connections_closed(self) -> int:
         """How many connections the monitor reported closed since the last call."""
         closed = 0
-        while True:
+        while readable(self.monitor):
             try:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return closed
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 closed += 1
+        return closed
 
     def _command(self, route: bytes, worker: Worker | None, msg: messages.Message) -> None:
         what = msg.meta.get("command")

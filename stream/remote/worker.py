@@ -34,7 +34,7 @@ from stream.remote.dispatch import DEFAULT_WORKER_TIMEOUT_S, HEARTBEAT_S
 from stream.run import add_requests_argument
 from stream.stages.preprocess import MAX_BATCH_LIMIT
 from stream.wire import messages
-from stream.wire.transport import NOBLOCK, recv_parts, send_parts
+from stream.wire.transport import NOBLOCK, readable, recv_parts, send_parts
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class Worker:
 
     def _handle_incoming(self) -> int | None:
         assert self.sock is not None
-        while True:
+        while readable(self.sock):
             try:
                 frames = recv_parts(self.sock, NOBLOCK)
             except zmq.Again:
@@ -275,6 +275,7 @@ class Worker:
                 self.last_sent = 0.0
             elif what != "heartbeat":
                 log.warning("worker: unexpected %s message from the head", msg.kind)
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
