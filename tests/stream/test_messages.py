@@ -11,8 +11,9 @@ import zmq
 
 from stream.wire import messages
 from stream.wire.messages import MessageError, decode, encode, encode_batch
+from stream.wire.transport import NOBLOCK, readable, recv_parts, send_parts
 
-from .conftest import recv_within
+from .conftest import recv_within, wait_for
 
 
 def two_stream_batch(image_shape=(90, 160, 3)):
@@ -219,3 +220,72 @@ def test_result_records_follow_the_published_schema():
     assert json.loads(line) == record and b"\n" not in line
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**record, "topk": []}, schema)
+
+
+def test_send_parts_and_recv_parts_carry_a_whole_message_over_a_real_socket(zctx, tmp_path):
+    """The hot-path helpers: every part arrives, in order, the big one without a copy, and a
+    drained socket reads as not readable."""
+    pull = zctx.socket(zmq.PULL)
+    pull.bind(f"ipc://{tmp_path}/t.sock")
+    push = zctx.socket(zmq.PUSH)
+    push.connect(f"ipc://{tmp_path}/t.sock")
+    batch = two_stream_batch(image_shape=(224, 224, 3))  # 450 KB: over pyzmq's copy threshold
+    send_parts(push, encode_batch(messages.TENSOR, batch))
+    send_parts(push, encode(messages.EOS, "cam1", 9, {"count": 9}), NOBLOCK)
+    if not pull.poll(10_000, zmq.POLLIN):
+        pytest.fail("nothing arrived within 10 s")
+    first = decode(recv_parts(pull, NOBLOCK))
+    np.testing.assert_array_equal(first.batch.data, batch.data)
+    assert first.batch.streams == ["cam1", "cam2"]
+    wait_for(lambda: readable(pull), 10, "the end of stream")
+    second = decode(recv_parts(pull))
+    assert (second.kind, second.stream, second.meta) == ("eos", "cam1", {"count": 9})
+    assert not readable(pull)
+    with pytest.raises(zmq.Again):
+        recv_parts(pull, NOBLOCK)
+
+
+def test_send_parts_without_a_peer_queues_nothing(zctx, tmp_path):
+    """A PUSH with nobody connected refuses a NOBLOCK message whole (zmq.Again on the first
+    part): the next peer to connect never sees a stray part of it."""
+    push = zctx.socket(zmq.PUSH)
+    push.bind(f"ipc://{tmp_path}/t.sock")
+    parts = encode(messages.EOS, "cam1", 3, {"count": 3})
+    with pytest.raises(zmq.Again):
+        send_parts(push, parts, NOBLOCK)
+    pull = zctx.socket(zmq.PULL)
+    pull.connect(f"ipc://{tmp_path}/t.sock")
+    wait_for(lambda: _sent(push, parts), 10, "the peer to connect")
+    msg = decode(recv_within(pull))
+    assert (msg.kind, msg.seq) == ("eos", 3)  # the message sent once connected, whole
+    assert not pull.poll(200, zmq.POLLIN)
+
+
+def _sent(sock, parts) -> bool:
+    try:
+        send_parts(sock, parts, NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
+def test_array_specs_are_checked_once_and_the_table_stays_bounded(monkeypatch):
+    """Decode remembers the specs it checked: a shape seen before is accepted without the
+    check, a new one is still checked, and ever new shapes cannot grow the table."""
+    monkeypatch.setattr(messages, "_SPECS", {})
+    monkeypatch.setattr(messages, "MAX_SPECS", 8)
+    for n in range(1, 30):
+        data = np.zeros((n, 4), np.float32)
+        batch = messages.Batch(
+            ["s"], np.array([[0, i, i] for i in range(n)], np.int64), np.zeros((n, 2)), data
+        )
+        assert len(decode(encode_batch(messages.LOGITS, batch)).batch) == n
+        assert len(messages._SPECS) <= 8
+    good = encode_batch(messages.LOGITS, batch)
+    header = json.loads(bytes(good[1]))
+    header["arrays"][2]["shape"] = [29, -4]  # a shape never seen: checked, and refused
+    with pytest.raises(MessageError, match="shape"):
+        decode([good[0], json.dumps(header).encode(), *good[2:]])
+    header["arrays"][2]["shape"] = [29, 4]  # seen: the payload's size is still checked
+    with pytest.raises(MessageError, match="bytes"):
+        decode([good[0], json.dumps(header).encode(), *good[2:4], bytes(10)])
