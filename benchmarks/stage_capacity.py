@@ -269,9 +269,9 @@ class Driver:
     ) -> tuple[int, list[tuple[int, float, float, float]]]:
         """Count the frames coming out on `link` until the end marker; (frames, marks of
         (count, time, the stage's CPU s, its main thread's) at 10 % of the frames and at the
-        last). `records`: the
-        link carries result records (publish's sink), else data messages (batches). `credit`:
-        play infer for preprocess, giving it this much credit and then each frame's back."""
+        last). `records`: the link carries result records (publish's sink), else data messages
+        (batches). `credit`: play infer for preprocess, giving it this much credit and then each
+        frame's back."""
         sock = self._socket(zmq.PULL, link, bind=True, hwm=1000)
         demand = self._socket(zmq.PUSH, "demand", bind=False) if credit else None
         if demand is not None:

@@ -153,11 +153,8 @@ class RemoteWorkers:
         """Handle every message waiting on the socket, then the monitor's news of closed
         connections; returns (batch, outputs) of each answered chunk."""
         results: list[tuple[messages.Batch, Any]] = []
-        while readable(self.sock):
-            try:
-                frames = recv_parts(self.sock, NOBLOCK)
-            except zmq.Again:
-                break
+        while readable(self.sock):  # a whole message waits: the receive cannot come up empty
+            frames = recv_parts(self.sock, NOBLOCK)
             if len(frames) < 2:
                 continue
             route = bytes(frames[0].buffer)
@@ -189,10 +186,7 @@ class RemoteWorkers:
         """How many connections the monitor reported closed since the last call."""
         closed = 0
         while readable(self.monitor):
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return closed
+            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 closed += 1
         return closed

@@ -229,11 +229,8 @@ class Worker:
 
     def _handle_incoming(self) -> int | None:
         assert self.sock is not None
-        while readable(self.sock):
-            try:
-                frames = recv_parts(self.sock, NOBLOCK)
-            except zmq.Again:
-                return None
+        while readable(self.sock):  # a whole message waits: the receive cannot come up empty
+            frames = recv_parts(self.sock, NOBLOCK)
             self.last_heard = time.monotonic()
             try:
                 msg = messages.decode(frames)

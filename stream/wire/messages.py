@@ -333,8 +333,9 @@ def decode(parts: list[Any]) -> Message:
     if kind not in KINDS:
         raise MessageError(f"unknown kind {kind!r}")
     stream = _require(header, "stream", str)
-    if bytes(_buffer(parts[0])) != stream.encode():
-        raise MessageError(f"topic {bytes(_buffer(parts[0]))!r} does not match stream {stream!r}")
+    topic = bytes(_buffer(parts[0]))
+    if topic != stream.encode():
+        raise MessageError(f"topic {topic!r} does not match stream {stream!r}")
     seq = _require(header, "seq", int)
     if seq < 0:
         raise MessageError(f"negative sequence number {seq}")
@@ -428,9 +429,9 @@ def _shared(kind: str, spec: Any, refs: np.ndarray) -> Shared | None:
     return Shared(pools, tuple(shape))
 
 
-_SPECS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, tuple[int, ...], int]] = {}
-"""Array specs already checked: (dtype name, shape) -> (dtype, shape, bytes). A stage sees a
-handful (one per batch size), so checking each once saves most of a decode's time; bounded by
+_SPECS: dict[tuple[Any, ...], tuple[np.dtype, tuple[int, ...], int]] = {}
+"""Array specs already checked: `_spec_key` -> (dtype, shape, bytes). A stage sees a handful
+(one per batch size), so checking each once saves most of a decode's time; bounded by
 MAX_SPECS, so a peer sending ever new shapes cannot grow it."""
 MAX_SPECS = 1024
 
@@ -438,7 +439,7 @@ MAX_SPECS = 1024
 def _array(spec: Any, buf: memoryview) -> np.ndarray:
     """The payload part `buf` as an array of `spec` ({"dtype", "shape"}), without a copy."""
     try:
-        known = _SPECS.get((spec["dtype"], tuple(spec["shape"])))
+        known = _SPECS.get(_spec_key(spec["dtype"], spec["shape"]))
     except (TypeError, KeyError):  # not an object, a shape that is not a list of numbers...
         known = None
     if known is None:
@@ -449,6 +450,11 @@ def _array(spec: Any, buf: memoryview) -> np.ndarray:
             f"payload has {buf.nbytes} bytes, {spec['dtype']}{list(shape)} needs {expected}"
         )
     return np.ndarray(shape, dtype, buf)
+
+
+def _spec_key(name: Any, shape: Any) -> tuple[Any, ...]:
+    """The table's key of a spec: its dims' types too, as 1.0 and True equal and hash as 1."""
+    return (name, tuple(shape), tuple(map(type, shape)))
 
 
 def _check_spec(spec: Any) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -468,5 +474,5 @@ def _check_spec(spec: Any) -> tuple[np.dtype, tuple[int, ...], int]:
     known = (dtype, tuple(shape), math.prod(shape) * dtype.itemsize)
     if len(_SPECS) >= MAX_SPECS:
         _SPECS.clear()
-    _SPECS[(name, known[1])] = known
+    _SPECS[_spec_key(name, shape)] = known
     return known

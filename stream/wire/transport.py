@@ -153,10 +153,11 @@ def send_parts(sock: zmq.Socket, parts: Sequence[Any], flags: int = 0, copy: boo
     semantics: ZeroMQ queues a multipart message whole or not at all (zmq.Again on the first
     part with NOBLOCK); buffers of 64 KB or more go without a copy (pyzmq's copy_threshold)."""
     send = sock.send
-    more = _SNDMORE | int(flags)
+    flags = int(flags)
+    more = _SNDMORE | flags
     last = len(parts) - 1
     for i, part in enumerate(parts):
-        send(part, more if i < last else int(flags), copy=copy)
+        send(part, more if i < last else flags, copy=copy)
 
 
 def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:

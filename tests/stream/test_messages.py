@@ -286,6 +286,10 @@ def test_array_specs_are_checked_once_and_the_table_stays_bounded(monkeypatch):
     header["arrays"][2]["shape"] = [29, -4]  # a shape never seen: checked, and refused
     with pytest.raises(MessageError, match="shape"):
         decode([good[0], json.dumps(header).encode(), *good[2:]])
+    for alike in ([29.0, 4], [29, 4.0]):  # equal to a shape seen, but not whole numbers
+        header["arrays"][2]["shape"] = alike
+        with pytest.raises(MessageError, match="shape"):
+            decode([good[0], json.dumps(header).encode(), *good[2:]])
     header["arrays"][2]["shape"] = [29, 4]  # seen: the payload's size is still checked
     with pytest.raises(MessageError, match="bytes"):
         decode([good[0], json.dumps(header).encode(), *good[2:4], bytes(10)])
