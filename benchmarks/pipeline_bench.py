@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from model_prep.ceiling import Ceiling, honest_ceiling  # noqa: E402
 from stream import Pipeline, PipelineConfig  # noqa: E402
-from stream.geometry import prepare  # noqa: E402
+from stream.geometry import FRAME_FORMATS, prepare  # noqa: E402
 from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
 from stream.sources.decode import WindowScaler  # noqa: E402
 
@@ -78,17 +78,17 @@ def pure_inference(info: ModelInfo, device: str, seconds: float) -> Ceiling:
     return honest_ceiling(compiled, frame, seconds, info.xml, device)
 
 
-def decode_cpu_per_frame(clip: Path, info: ModelInfo, scale: bool) -> float:
+def decode_cpu_per_frame(clip: Path, info: ModelInfo, scale: bool, fmt: str = "bgr") -> float:
     """Process CPU seconds per frame to decode the clip (and, with `scale`, make the model input
-    from it as capture does: crop the window, resize and convert to BGR in one swscale pass):
-    the cheaper of FFmpeg's threading and one thread (what capture uses with as many streams as
-    cores), so the limit assumes the cheapest decoding."""
-    return min(decode_cpu(clip, info, scale, threads) for threads in (0, 1))
+    from it as capture does: crop the window and resize, converting to BGR or not (i420), in one
+    swscale pass): the cheaper of FFmpeg's threading and one thread (what capture uses with as
+    many streams as cores), so the limit assumes the cheapest decoding."""
+    return min(decode_cpu(clip, info, scale, threads, fmt) for threads in (0, 1))
 
 
-def decode_cpu(clip: Path, info: ModelInfo, scale: bool, threads: int) -> float:
+def decode_cpu(clip: Path, info: ModelInfo, scale: bool, threads: int, fmt: str = "bgr") -> float:
     """`decode_cpu_per_frame` with `threads` decoder threads (0: FFmpeg's choice, AUTO)."""
-    scaler = WindowScaler(info.geometry)
+    scaler = WindowScaler(info.geometry, fmt)
     start = cpu_seconds()
     n = 0
     with av.open(str(clip)) as container:
@@ -131,7 +131,7 @@ def tree_rss_mb(pids: list[int]) -> float:
 
 
 def pipeline_run(
-    clip: Path, model: str, device: str, workdir: Path, streams: int = 1
+    clip: Path, model: str, device: str, workdir: Path, streams: int = 1, fmt: str = "auto"
 ) -> dict[str, Any]:
     """The pipeline on `streams` copies of `clip` at once (each its own capture process)."""
     out = workdir / f"{clip.stem}x{streams}.jsonl"
@@ -143,6 +143,7 @@ def pipeline_run(
         publish=None,
         output=str(out),
         jobs=streams,
+        frame_format=fmt,
     )
     pipeline = Pipeline(config)
     peak = [0.0]
@@ -221,10 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         help="how long each pure-inference run and benchmark_app run (two of ours, one of it)",
     )
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ovstream-bench"))
+    parser.add_argument(
+        "--frame-format",
+        choices=("auto", *FRAME_FORMATS),
+        default="auto",
+        help="the pipeline's frames between stages (ovstream run --frame-format)",
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
 
     info = load_info(args.model)
+    fmt = args.frame_format
+    if fmt == "auto":
+        fmt = "i420" if info.geometry.i420_fits else "bgr"
     cores = os.cpu_count() or 1
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     print(
         f"model {info.name} {info.precision} ({info.path}), device {args.device}, {cores} cores"
-        f" of {cpu}; oneDNN ISA cap: {isa_cap or 'none'}; load average {os.getloadavg()[0]:.2f}",
+        f" of {cpu}; oneDNN ISA cap: {isa_cap or 'none'}; load average {os.getloadavg()[0]:.2f};"
+        f" frames between stages: {fmt}",
         flush=True,
     )
     stream_counts = [int(n) for n in args.streams.split(",")]
@@ -251,13 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         if warning:
             print(warning, flush=True)
         decode = decode_cpu_per_frame(clip, info, scale=False)
-        decode_scale = decode_cpu_per_frame(clip, info, scale=True)
+        decode_scale = decode_cpu_per_frame(clip, info, scale=True, fmt=fmt)
         limit = 1.0 / (1.0 / pure + decode / cores)
-        pipe = pipeline_run(clip, str(info.path), args.device, workdir, streams)
+        pipe = pipeline_run(clip, str(info.path), args.device, workdir, streams, fmt)
         naive = naive_loop_fps(clip, info, args.device)
         row = {
             "clip": f"{w}x{h}" + (f"*{streams}" if len(stream_counts) > 1 else ""),
             "streams": streams,
+            "frame_format": fmt,
             "frames": pipe["frames"],
             "requests": nreq,
             "pure_fps": pure,

@@ -9,10 +9,12 @@ This driver, pinned to the other cores, plays the rest of the pipeline: it binds
 (PULL) and the command link (ROUTER, to `release` the stage at the end), feeds pre-encoded
 synthetic messages as fast as the stage takes them and counts what comes out.
 
-- preprocess: FRAME messages as capture sends them (224x224 u8, `prepared`) -> TENSORs;
+- preprocess: FRAME messages as capture sends them (the model input in the run's frame format,
+  `--frame-format`: i420 by default, as a run of a 224x224 model, or bgr; `prepared`) -> TENSORs;
 - infer: TENSORs -> LOGITS through a trivial IR built here (u8 [?,224,224,3] -> [?,1000] f32 from
-  one pixel), so the figure is the stage's own cost, not a network's; OpenVINO's CPU for that IR
-  alone (pure inference, benchmark_app's way) is measured too and shown subtracted;
+  one pixel; for i420 frames OpenVINO's colour conversion in front, as in a run), so the figure
+  is the stage's own cost, not a network's; OpenVINO's CPU for that IR alone (pure inference,
+  benchmark_app's way) is measured too and shown subtracted;
 - publish: LOGITS ([1000] f32) -> result records on its PUB socket (no subscriber) and the sink;
 - dispatch: infer with `--no-local-infer` handing TENSORs to one remote worker (a real
   `ovstream worker` on the trivial IR, on the driver's cores, over loopback tcp) and passing its
@@ -64,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model_prep.ceiling import pure_throughput  # noqa: E402
-from stream.geometry import Geometry  # noqa: E402
+from stream.geometry import FRAME_FORMATS, Geometry  # noqa: E402
 from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
 from stream.sources.spec import SourceSpec  # noqa: E402
 from stream.stages.base import Stage, stage_main  # noqa: E402
@@ -175,19 +177,18 @@ def pinned_stage_main(stage: Stage, cpu: int) -> None:
 
 
 def capture_send_loop(
-    endpoints: dict[str, str], frames: int, cpu: int, results: Any, geometry: Geometry
+    endpoints: dict[str, str], frames: int, cpu: int, results: Any, geometry: Geometry, fmt: str
 ) -> None:
     """Process target: capture's per-frame work after decoding and resizing, on one core."""
     os.sched_setaffinity(0, {cpu})
+    source = SourceSpec(STREAM, "synthetic.mp4", live=False)
     stage = CaptureStage(
-        CaptureConfig(SourceSpec(STREAM, "synthetic.mp4", live=False), geometry),
-        TransportConfig(),
-        endpoints,
+        CaptureConfig(source, geometry, frame_format=fmt), TransportConfig(), endpoints
     )
     try:
         stage._spec = stage.config.source
         stage._out = stage.socket(zmq.PUSH, "frames", bind=False)
-        image = np.zeros((geometry.height, geometry.width, 3), np.uint8)
+        image = np.zeros(geometry.frame_shape(fmt), np.uint8)
 
         def resized(frame: Any, out: np.ndarray | None = None) -> np.ndarray:
             # WindowScaler without decoding and resizing; its final copy (into the slot) stays
@@ -415,11 +416,13 @@ def measure_stage(
     workdir: Path,
     geometry: Geometry,
     batch: int,
+    fmt: str,
 ) -> Capacity:
-    """Run one stage alone on core `cpu` and measure it, its frames travelling `via`."""
+    """Run one stage alone on core `cpu` and measure it, its frames (of `fmt`) travelling
+    `via`."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     endpoints = {link: f"ipc://{run_dir}/{link}.sock" for link in (*LINKS, "status", "pub")}
-    shape = (geometry.height, geometry.width, 3)
+    shape = geometry.frame_shape(fmt)
     shm_dir = make_run_dir(2, shape) if via == "shm" else None
     if via == "shm":
         if shm_dir is None:
@@ -432,12 +435,12 @@ def measure_stage(
         else None
     )
     spawn = mp.get_context("spawn")
-    image = np.zeros((geometry.height, geometry.width, 3), np.uint8)
+    image = np.zeros(shape, np.uint8)
     try:
         if name == "capture":
             results = spawn.Queue()
             proc = spawn.Process(
-                target=capture_send_loop, args=(endpoints, frames, cpu, results, geometry)
+                target=capture_send_loop, args=(endpoints, frames, cpu, results, geometry, fmt)
             )
             proc.start()
             count, _ = driver.sink("frames", frames, False, None)
@@ -453,18 +456,25 @@ def measure_stage(
         # each capture; infer and publish, batches of up to max_batch frames.
         if name == "preprocess":
             stage = PreprocessStage(
-                PreprocessConfig([STREAM], geometry, batch), transport, endpoints
+                PreprocessConfig([STREAM], geometry, batch, fmt), transport, endpoints
             )
             links, kind, payload, fed = ("frames", "tensors"), messages.FRAME, image, 1
         elif name == "infer":
             stage = InferStage(
-                InferConfig(str(model), [STREAM], max_batch=batch), transport, endpoints
+                InferConfig(str(model), [STREAM], max_batch=batch, frame_format=fmt),
+                transport,
+                endpoints,
             )
             links, kind, payload, fed = ("tensors", "logits"), messages.TENSOR, image, batch
         elif name == "dispatch":
             endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
             config = InferConfig(
-                str(model), [STREAM], max_batch=batch, workers=endpoint, local=False
+                str(model),
+                [STREAM],
+                max_batch=batch,
+                workers=endpoint,
+                local=False,
+                frame_format=fmt,
             )
             stage = InferStage(config, transport, endpoints)
             links, kind, payload, fed = ("tensors", "logits"), messages.TENSOR, image, batch
@@ -520,7 +530,7 @@ def per_call_us(step: Any, seconds: float = 0.3) -> float:
     return elapsed * 1e6 / n
 
 
-def pieces(model: Path, cpu: int, workdir: Path, batch: int) -> dict[str, float]:
+def pieces(model: Path, cpu: int, workdir: Path, batch: int, fmt: str) -> dict[str, float]:
     """Where a stage's per-frame CPU goes: the pieces it runs for every frame, timed alone in
     this process pinned to the stages' core (µs per call; wall time, so only indicative)."""
     from stream.stages.base import StreamTracker
@@ -530,7 +540,7 @@ def pieces(model: Path, cpu: int, workdir: Path, batch: int) -> dict[str, float]
     os.sched_setaffinity(0, {cpu})
     try:
         info = load_info(model)
-        image = np.zeros((info.geometry.height, info.geometry.width, 3), np.uint8)
+        image = np.zeros(info.geometry.frame_shape(fmt), np.uint8)
         logits = np.random.default_rng(0).standard_normal((batch, CLASSES)).astype(np.float32)
         now = time.time()
 
@@ -573,9 +583,8 @@ def pieces(model: Path, cpu: int, workdir: Path, batch: int) -> dict[str, float]
                 * per_call_us(lambda: messages.Batch.join([one(s, image) for s in range(batch)])),
                 "StreamTracker.check, per frame": per_frame
                 * per_call_us(lambda: tracker.check(logits_msg)),
-                "ZeroMQ ipc hop of one frame (send + receive, 150 KB, zero-copy)": per_call_us(
-                    hop(frame_parts)
-                ),
+                f"ZeroMQ ipc hop of one frame (send + receive, {image.nbytes // 1000} KB,"
+                " zero-copy)": per_call_us(hop(frame_parts)),
                 f"ZeroMQ ipc hop of a batch of {batch}, per frame": per_frame
                 * per_call_us(hop(batch_parts)),
                 f"publish: make_records (top-5 of 1000) in a batch of {batch}, per frame": per_frame
@@ -592,12 +601,12 @@ def pieces(model: Path, cpu: int, workdir: Path, batch: int) -> dict[str, float]
         os.sched_setaffinity(0, before)
 
 
-def openvino_ms(model: Path, seconds: float, batch: int) -> float:
-    """CPU ms per frame OpenVINO itself spends on the trivial IR in requests of `batch` frames
-    (pure, this core)."""
+def openvino_ms(model: Path, seconds: float, batch: int, fmt: str) -> float:
+    """CPU ms per frame OpenVINO itself spends on the trivial IR (taking frames of `fmt`) in
+    requests of `batch` frames (pure, this core)."""
     info = load_info(model)
-    compiled = compile_model(info, "CPU", "throughput", max_batch=batch)
-    frames = np.zeros((batch, info.geometry.height, info.geometry.width, 3), np.uint8)
+    compiled = compile_model(info, "CPU", "throughput", max_batch=batch, frame_format=fmt)
+    frames = np.zeros((batch, *info.geometry.frame_shape(fmt)), np.uint8)
     return pure_throughput(compiled, frames, seconds, warmup_s=0.2).cpu_ms_per_frame
 
 
@@ -666,6 +675,12 @@ def main(argv: list[str] | None = None) -> int:
         help="how frames travel, comma-separated: shm (shared memory, the default of a run),"
         " msg (inside the messages); default both",
     )
+    parser.add_argument(
+        "--frame-format",
+        choices=FRAME_FORMATS,
+        default="i420",
+        help="frames between the stages (default i420, what a run of a 224x224 model uses)",
+    )
     parser.add_argument("--workdir", default=None, help="folder for sockets and the trivial IR")
     parser.add_argument("--output", help="also write the table here (e.g. benchmarks/results/...)")
     parser.add_argument("--json", help="also write the figures as JSON here")
@@ -691,22 +706,23 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"stage capacity: one process per stage pinned to core {cpu} of {len(allowed)}"
         f" ({name}), driver on {sorted(others)}; {args.frames} frames per stage, batches of"
-        f" {args.batch}; OpenVINO"
+        f" {args.batch}, {args.frame_format} frames; OpenVINO"
         f" {ov.__version__}; {platform.platform()}; load average {os.getloadavg()[0]:.2f}"
     )
     print(header, flush=True)
     results = []
-    pure_ms = openvino_ms(model, 2.0, args.batch) if "infer" in stages else 0.0
+    fmt = args.frame_format
+    pure_ms = openvino_ms(model, 2.0, args.batch, fmt) if "infer" in stages else 0.0
     for stage in stages:
         for via in vias if stage not in ("publish", "dispatch") else vias[:1]:
             result = measure_stage(
-                stage, via, model, args.frames, cpu, workdir, geometry, args.batch
+                stage, via, model, args.frames, cpu, workdir, geometry, args.batch, fmt
             )
             if stage == "infer":
                 result.openvino_ms = pure_ms
             results.append(result)
             print(json.dumps({**asdict(result), "capacity": result.capacity}), flush=True)
-    parts = pieces(model, cpu, workdir, args.batch)
+    parts = pieces(model, cpu, workdir, args.batch, fmt)
     text = table(results, header, parts)
     print("\n" + text, end="")
     if args.output:

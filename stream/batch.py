@@ -86,6 +86,8 @@ class BatchConfig:
     secure_publish: bool = False
     decoder_threads: str = "AUTO"
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
+    frame_format: str = "auto"
+    """Frames between the stages (see PipelineConfig.frame_format)."""
     transport: TransportConfig = field(default_factory=TransportConfig)
     """Links between the stages."""
     metrics: str | None = None
@@ -345,6 +347,7 @@ class _Run:
             insecure=cfg.insecure,
             secure_publish=cfg.secure_publish,
             decoder_threads=cfg.decoder_threads,
+            frame_format=cfg.frame_format,
             transport=cfg.transport,
             jobs=cfg.max_jobs,
             metrics=cfg.metrics,

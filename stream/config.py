@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream.errors import UserError
+from stream.geometry import FRAME_FORMATS, Geometry
 from stream.model import PERFORMANCE_HINTS
 from stream.ops.annotate_link import AnnotateLink
 from stream.ops.metrics import parse_address
@@ -70,6 +71,10 @@ class PipelineConfig:
     --keys`, their public keys in `keys/authorized`)."""
     decoder_threads: str = "AUTO"
     """FFmpeg decoder threading: AUTO, FRAME, SLICE or NONE."""
+    frame_format: str = "auto"
+    """How frames of the model's input size travel between the stages: `i420` (YUV 4:2:0, half
+    the bytes; OpenVINO converts to BGR inside the compiled model), `bgr`, or `auto` (i420 where
+    the model's input size is even, else bgr). See `stream.geometry.FRAME_FORMATS`."""
     wait_subscribers: int = 0
     """Hold results until this many subscribers have subscribed to `publish`."""
     subscriber_timeout_s: float = 30.0
@@ -139,6 +144,9 @@ class PipelineConfig:
             parse_mqtt_url(self.mqtt)
         if self.mqtt_qos not in (0, 1):
             raise UserError(f"mqtt_qos must be 0 or 1, got {self.mqtt_qos}")
+        if self.frame_format not in ("auto", *FRAME_FORMATS):
+            known = ", ".join(("auto", *FRAME_FORMATS))
+            raise UserError(f"frame format must be one of {known}, got {self.frame_format!r}")
         for spec in self.specs:
             self.capture_config(spec)  # checks fps and threading
 
@@ -147,9 +155,22 @@ class PipelineConfig:
         """Capture workers for files: `jobs`, or the number of cores."""
         return self.jobs or os.cpu_count() or 1
 
+    def resolved_frame_format(self, geometry: Geometry) -> str:
+        """The frame format of a run of a model of `geometry`; UserError if it cannot be."""
+        if self.frame_format == "auto":
+            return "i420" if geometry.i420_fits else "bgr"
+        if self.frame_format == "i420" and not geometry.i420_fits:
+            raise UserError(
+                f"--frame-format i420 needs an even model input size, this model's is "
+                f"{geometry.width}x{geometry.height} (use bgr)"
+            )
+        return self.frame_format
+
     def capture_config(self, spec: SourceSpec, geometry: Any = None) -> CaptureConfig:
         """The capture settings of one source: its own where it has them, else the pipeline's."""
-        kw = {} if geometry is None else {"geometry": geometry}
+        kw = {}
+        if geometry is not None:
+            kw = {"geometry": geometry, "frame_format": self.resolved_frame_format(geometry)}
         return CaptureConfig(
             spec,
             fps=spec.fps if spec.fps is not None else self.fps,

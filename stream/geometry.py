@@ -11,6 +11,11 @@ Two executors apply the same window: `prepare` (OpenCV, for images: classificati
 validation, the export-time parity check) and the capture stage's decoder-side scaler (FFmpeg's
 crop and scale filters, for video frames). Colour conversion and normalisation are *not* here;
 they are built into the OpenVINO IR, which takes u8 NHWC BGR tensors of the model's input size.
+
+Frames travel between the stages in one of two `FRAME_FORMATS` at the model's input size:
+`bgr` (H x W x 3) or `i420` (YUV 4:2:0, the decoder's own kind of colour, as one plane of
+H*3/2 x W x 1: half the bytes). For i420 the infer stage puts OpenVINO's colour conversion in
+front of the IR (`stream.model.compile_model`), the way OpenVINO takes decoded video.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import cv2
 import numpy as np
 
 POLICIES = ("resize_shorter_center_crop", "resize")
+FRAME_FORMATS = ("bgr", "i420")
+"""How frames of the model's input size travel between the stages (see the module's text)."""
 
 
 @dataclass(frozen=True)
@@ -83,16 +90,34 @@ class Geometry:
             height,
         )
 
-    def input_problem(self, array: np.ndarray, batched: bool = False) -> str | None:
-        """None if `array` is the model's input (height x width x 3 uint8; with `batched`, N such
-        inputs), else why not."""
-        return self.shape_problem(array.shape[1:] if batched else array.shape, array.dtype)
+    @property
+    def i420_fits(self) -> bool:
+        """Whether frames of this input size can be i420 (4:2:0 needs an even width and height)."""
+        return self.width % 2 == 0 and self.height % 2 == 0
 
-    def shape_problem(self, shape: tuple[int, ...], dtype: Any = np.uint8) -> str | None:
-        """None if one frame of this shape and dtype is the model's input, else why not."""
-        want = (self.height, self.width, 3)
+    def frame_shape(self, fmt: str = "bgr") -> tuple[int, int, int]:
+        """The shape of one frame of the model's input in `fmt` (one of FRAME_FORMATS)."""
+        if fmt == "i420":
+            return (self.height * 3 // 2, self.width, 1)
+        if fmt != "bgr":
+            raise ValueError(f"frame format must be one of {FRAME_FORMATS}, got {fmt!r}")
+        return (self.height, self.width, 3)
+
+    def input_problem(
+        self, array: np.ndarray, batched: bool = False, fmt: str = "bgr"
+    ) -> str | None:
+        """None if `array` is the model's input in `fmt` (bgr: height x width x 3 uint8; with
+        `batched`, N such inputs), else why not."""
+        return self.shape_problem(array.shape[1:] if batched else array.shape, array.dtype, fmt)
+
+    def shape_problem(
+        self, shape: tuple[int, ...], dtype: Any = np.uint8, fmt: str = "bgr"
+    ) -> str | None:
+        """None if one frame of this shape and dtype is the model's input in `fmt`, else why
+        not."""
+        want = self.frame_shape(fmt)
         if np.dtype(dtype) != np.uint8 or tuple(shape) != want:
-            return f"{np.dtype(dtype)}{list(shape)} is not the model input uint8{list(want)}"
+            return f"{np.dtype(dtype)}{list(shape)} is not the model input {fmt} uint8{list(want)}"
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,3 +152,12 @@ def prepare(frame: np.ndarray, geometry: Geometry) -> np.ndarray:
     x, y, ww, wh = geometry.source_window(w, h)
     out = resize(frame[y : y + wh, x : x + ww], (geometry.width, geometry.height))
     return np.ascontiguousarray(out)
+
+
+def to_frame_format(image: np.ndarray, fmt: str) -> np.ndarray:
+    """A model input made by `prepare` (u8 BGR) as a frame of `fmt` (i420: OpenCV's BT.601
+    conversion, the one OpenVINO's undoes)."""
+    if fmt == "bgr":
+        return image
+    h, w = image.shape[:2]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420).reshape(h * 3 // 2, w, 1)

@@ -134,11 +134,14 @@ def compile_model(
     config: dict[str, Any] | None = None,
     core: Any = None,
     max_batch: int = 1,
+    frame_format: str = "bgr",
 ) -> Any:
     """Read and compile the IR with a performance hint; returns openvino.CompiledModel.
 
     `max_batch`: frames one request may take. 1 compiles a static shape (the plugin plans its
-    memory once); more, a batch axis bounded to 1..max_batch."""
+    memory once); more, a batch axis bounded to 1..max_batch. `frame_format` i420: the model
+    takes frames as one I420 plane (N x H*3/2 x W x 1, `Geometry.frame_shape`) and OpenVINO's
+    colour conversion to the IR's BGR runs inside the compiled model."""
     import openvino as ov
 
     core = core or ov.Core()
@@ -150,9 +153,32 @@ def compile_model(
         if model.inputs[0].get_partial_shape().is_dynamic:
             batch = 1 if max_batch == 1 else ov.Dimension(1, max_batch)
             model.reshape(ov.PartialShape([batch, info.geometry.height, info.geometry.width, 3]))
+        if frame_format == "i420":
+            model = i420_input(model, info.geometry)
         return core.compile_model(model, device, props)
     except RuntimeError as exc:
         raise UserError(f"cannot load model {info.xml}: {first_line(exc)}") from None
+
+
+def i420_input(model: Any, geometry: Geometry) -> Any:
+    """`model` (u8 NHWC BGR input, as model-prep makes it) taking I420 frames instead: OpenVINO's
+    PrePostProcessor adds its BT.601 I420 -> BGR conversion in front of the input."""
+    import openvino as ov
+    from openvino.preprocess import ColorFormat, PrePostProcessor
+
+    shape = model.inputs[0].get_partial_shape()
+    want = [geometry.height, geometry.width, 3]
+    if shape.rank.get_length() != 4 or [d.get_length() for d in list(shape)[1:]] != want:
+        raise UserError(f"i420 frames need a u8 N x {want} (NHWC BGR) input, the model has {shape}")
+    if not geometry.i420_fits:
+        raise UserError(f"i420 frames need an even input size, the model's is {want[1]}x{want[0]}")
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_color_format(
+        ColorFormat.I420_SINGLE_PLANE
+    )
+    ppp.input().model().set_layout(ov.Layout("NHWC"))
+    ppp.input().preprocess().convert_color(ColorFormat.BGR)
+    return ppp.build()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -89,6 +89,7 @@ class Pipeline:
         cfg = self.config
         info = load_info(cfg.model)  # fail fast on a folder that is not a model
         model_dir = str(info.path)
+        fmt = cfg.resolved_frame_format(info.geometry)
         if cfg.metrics is not None and self.metrics is None:
             self.metrics = MetricsServer(self, cfg.metrics, self.extra_metrics)  # port in use: now
         self._run_dir = Path(tempfile.mkdtemp(prefix="ovstream-"))
@@ -126,12 +127,15 @@ class Pipeline:
                     cfg.local_infer,
                     cfg.worker_timeout_s,
                     cfg.keys,
+                    fmt,
                 ),
                 cfg.transport,
                 endpoints,
             ),
             PreprocessStage(
-                PreprocessConfig(streams, info.geometry, cfg.max_batch), cfg.transport, endpoints
+                PreprocessConfig(streams, info.geometry, cfg.max_batch, fmt),
+                cfg.transport,
+                endpoints,
             ),
         ]
         files = [spec for spec in cfg.specs if not spec.is_live]
@@ -141,7 +145,9 @@ class Pipeline:
                 capture = cfg.capture_config(spec, info.geometry)
                 stages.append(CaptureStage(capture, cfg.transport, endpoints))
         if pool:
-            worker = CaptureConfig(None, info.geometry, cfg.fps, cfg.decoder_threads, cfg.live)
+            worker = CaptureConfig(
+                None, info.geometry, cfg.fps, cfg.decoder_threads, cfg.live, frame_format=fmt
+            )
             for k in range(cfg.max_jobs):
                 stages.append(CaptureStage(worker, cfg.transport, endpoints, worker=k))
         captures = sum(isinstance(s, CaptureStage) for s in stages)
@@ -150,8 +156,7 @@ class Pipeline:
                 if isinstance(stage, CaptureStage):
                     stage.config.thread_count = 1
         if cfg.transport.shared_memory:
-            g = info.geometry
-            self._shm_dir = make_run_dir(captures, (g.height, g.width, 3))
+            self._shm_dir = make_run_dir(captures, info.geometry.frame_shape(fmt))
             if self._shm_dir:
                 endpoints["shm"] = self._shm_dir  # the stages hold this same dict
         downstream = {s.name: "preprocess" for s in stages if isinstance(s, CaptureStage)}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stream.errors import UserError
+from stream.geometry import FRAME_FORMATS
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError
 from stream.progress import Progress, print_summary, result_line
 from stream.sources.config_file import ConfigError, load_sources_file
@@ -77,6 +78,14 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"frames one inference request takes at most: those waiting, never waiting for "
         f"more (default {DEFAULT_MAX_BATCH}; 1 = a request per frame)",
     )
+    parser.add_argument(
+        "--frame-format",
+        choices=("auto", *FRAME_FORMATS),
+        default="auto",
+        help="frames between the stages and to workers: i420 (YUV 4:2:0, half the bytes; "
+        "OpenVINO converts it inside the model), bgr, or auto (default: i420 where the model's "
+        "input size is even)",
+    )
     remote = parser.add_argument_group("remote infer workers (ovstream worker)")
     remote.add_argument(
         "--workers",
@@ -130,6 +139,7 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "topk": args.topk,
         "requests": args.requests,
         "max_batch": args.max_batch,
+        "frame_format": args.frame_format,
         "workers": args.workers,
         "local_infer": args.local_infer,
         "worker_timeout_s": args.worker_timeout,

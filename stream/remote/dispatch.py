@@ -7,7 +7,8 @@ is free. The conversation, every message in the wire format (stream/wire/message
 worker's DEALER identity prepended by the ROUTER:
 
     worker -> head   COMMAND hello {identity, name}        on connecting (and after a reset)
-    head -> worker   COMMAND welcome {max_batch}           the model matches: compile, then
+    head -> worker   COMMAND welcome {max_batch,           the model matches: compile (for the
+                              frame_format}                run's frame format), then
                      COMMAND refuse {reason}               it does not: the worker exits
     worker -> head   COMMAND credit {requests}             how many requests it runs at once
     head -> worker   TENSOR {chunk}                        one batch, one of the worker's credits
@@ -97,12 +98,15 @@ class RemoteWorkers:
         max_batch: int,
         timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
         mismatch: Any = None,
+        frame_format: str = "bgr",
     ) -> None:
         """`sock`: a bound ROUTER (CURVE already set up where asked); `identity`: the head's
-        model identity; `mismatch(head, worker) -> reason | None` compares identities."""
+        model identity; `mismatch(head, worker) -> reason | None` compares identities;
+        `frame_format`: the run's (`stream.geometry.FRAME_FORMATS`), the frames workers get."""
         self.sock = sock
         self.identity = identity
         self.max_batch = max_batch
+        self.frame_format = frame_format
         self.timeout_s = timeout_s
         self._mismatch = mismatch
         self.workers: dict[bytes, Worker] = {}
@@ -215,7 +219,7 @@ class RemoteWorkers:
         if old is not None and not old.inflight:
             # The same connection asking again: hellos it sent every second while no head
             # answered, queued by its DEALER and delivered together. Not a new worker.
-            self._send(route, "welcome", max_batch=self.max_batch)
+            self._welcome(route)
             return
         if old is not None:  # it forgot the batches it held (it took the head for gone)
             self._drop(old, "said hello again")
@@ -232,7 +236,10 @@ class RemoteWorkers:
         self.workers[route] = Worker(route, name)
         self.counters["joined"] += 1
         log.info("workers: %s joined", name)
-        self._send(route, "welcome", max_batch=self.max_batch)
+        self._welcome(route)
+
+    def _welcome(self, route: bytes) -> None:
+        self._send(route, "welcome", max_batch=self.max_batch, frame_format=self.frame_format)
 
     def _result(self, worker: Worker, msg: messages.Message) -> tuple[messages.Batch, Any] | None:
         chunk_id = msg.meta.get("chunk")

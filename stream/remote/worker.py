@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 
 from stream.errors import UserError
+from stream.geometry import FRAME_FORMATS
 from stream.inference import LocalRequests, captured_stderr
 from stream.model import compile_model, load_info
 from stream.remote.dispatch import DEFAULT_WORKER_TIMEOUT_S, HEARTBEAT_S
@@ -106,6 +107,8 @@ class Worker:
         self.key_refused = False
         self.local: LocalRequests | None = None
         self.compiled_batch = 0
+        self.frame_format = "bgr"
+        """The frames the head sends (its welcome says; `stream.geometry.FRAME_FORMATS`)."""
         self.welcomed = False
         self.stopping = False
         self.frames = 0
@@ -148,21 +151,24 @@ class Worker:
     def hello(self) -> None:
         self.send("hello", identity=self.identity, name=self.name)
 
-    def compile(self, max_batch: int) -> None:
-        """Compile for the head's batch size (again only if it grew) and announce the credit."""
-        if self.local is None or max_batch > self.compiled_batch:
+    def compile(self, max_batch: int, frame_format: str = "bgr") -> None:
+        """Compile for the head's batch size and frame format (again only if the batch grew or
+        the format changed) and announce the credit."""
+        stale = max_batch > self.compiled_batch or frame_format != self.frame_format
+        if self.local is None or stale:
             if self.local is not None:
                 self.local.close()
             config = {"INFERENCE_NUM_THREADS": self.args.threads} if self.args.threads else {}
             with captured_stderr():
                 compiled = compile_model(
-                    self.info, self.args.device, "throughput", config, None, max_batch
+                    self.info, self.args.device, "throughput", config, None, max_batch, frame_format
                 )
             nreq = self.args.requests or int(
                 compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
             )
             self.local = LocalRequests(compiled, nreq)
             self.compiled_batch = max_batch
+            self.frame_format = frame_format
             log.info("worker: %s %s, %d requests", self.info.name, self.info.precision, nreq)
         self.send("credit", requests=self.local.requests)
 
@@ -239,7 +245,9 @@ class Worker:
                 continue
             if msg.kind == messages.TENSOR and self.welcomed and self.local is not None:
                 assert msg.batch is not None
-                problem = self.info.geometry.input_problem(msg.batch.data, batched=True)
+                problem = self.info.geometry.input_problem(
+                    msg.batch.data, batched=True, fmt=self.frame_format
+                )
                 chunk_id = msg.meta.get("chunk")
                 if problem or not isinstance(chunk_id, int) or len(msg.batch) > self.compiled_batch:
                     log.warning("worker: rejected a batch: %s", problem or "bad chunk")
@@ -249,13 +257,17 @@ class Worker:
             what = msg.meta.get("command") if msg.kind == messages.COMMAND else None
             if what == "welcome":
                 max_batch = msg.meta.get("max_batch")
+                frame_format = msg.meta.get("frame_format", "bgr")  # a head before i420: bgr
                 if not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH_LIMIT:
                     log.warning("worker: bad welcome from the head: max_batch %r", max_batch)
+                    continue
+                if frame_format not in FRAME_FORMATS:
+                    log.warning("worker: bad welcome from the head: frame format %r", frame_format)
                     continue
                 if not self.welcomed:
                     log.info("worker: connected to %s", self.args.connect)
                 self.welcomed = True
-                self.compile(max_batch)
+                self.compile(max_batch, frame_format)
             elif what == "refuse":
                 raise UserError(f"the head refused this worker: {msg.meta.get('reason')}")
             elif what == "reset" and msg.meta.get("ended"):

@@ -79,18 +79,24 @@ def crop_format(fmt: av.VideoFormat) -> str | None:
 
 
 class WindowScaler:
-    """Decoded frame -> the model's input, u8 BGR: `prepare`'s work, done on the YUV frame.
+    """Decoded frame -> the model's input as a frame of `fmt` (`stream.geometry.FRAME_FORMATS`):
+    `prepare`'s work, done on the YUV frame.
 
     FFmpeg's crop filter takes the geometry's source window (no copy: it moves the plane
-    pointers) and one swscale pass resizes it to the input size and converts it to BGR, on this
-    thread only. For a 1080p frame that is about a quarter of the CPU of scaling the whole frame
-    to 455x256 and cropping afterwards, and the frame on the wire is the input tensor itself.
+    pointers) and one swscale pass resizes it to the input size and converts it to BGR (bgr) or
+    to planar YUV 4:2:0 (i420, which skips the conversion: 0.11 against 0.15 ms a 640x360
+    frame), on this thread only. For a 1080p frame that is about a quarter of the CPU of scaling
+    the whole frame to 455x256 and cropping afterwards, and the frame on the wire is the input
+    tensor itself.
     The filter graph is rebuilt when the frame size or pixel format changes (a live stream can
     change resolution on reconnect).
     """
 
-    def __init__(self, geometry: Geometry) -> None:
+    def __init__(self, geometry: Geometry, fmt: str = "bgr") -> None:
         self.geometry = geometry
+        self.shape = geometry.frame_shape(fmt)
+        """One frame's shape (`Geometry.frame_shape`)."""
+        self._pix_fmt = "yuv420p" if fmt == "i420" else "bgr24"
         self._key: tuple[int, int, str] | None = None
         self._graph: Any = None
 
@@ -102,7 +108,7 @@ class WindowScaler:
             self._key = key
         self._graph.push(frame)
         # Rows of FFmpeg's frame are padded: one copy of the small input makes it contiguous.
-        image = self._graph.pull().to_ndarray()
+        image = self._graph.pull().to_ndarray().reshape(self.shape)
         if out is None:
             return np.ascontiguousarray(image)
         np.copyto(out, image)
@@ -124,13 +130,13 @@ class WindowScaler:
         planar = crop_format(frame.format)
         if planar is not None:
             chain.append(graph.add("format", f"pix_fmts={planar}"))
+        scale = f"w={g.width}:h={g.height}:flags={'area' if shrinking else 'bilinear'}:threads=1"
+        if self._pix_fmt == "yuv420p":  # what OpenVINO's I420 conversion reads, whatever the tags
+            scale += ":out_color_matrix=bt601:out_range=tv"
         chain += [
             graph.add("crop", f"w={width}:h={height}:x={x}:y={y}:exact=1"),
-            graph.add(
-                "scale",
-                f"w={g.width}:h={g.height}:flags={'area' if shrinking else 'bilinear'}:threads=1",
-            ),
-            graph.add("format", "pix_fmts=bgr24"),
+            graph.add("scale", scale),
+            graph.add("format", f"pix_fmts={self._pix_fmt}"),
             graph.add("buffersink"),
         ]
         for a, b in zip(chain, chain[1:], strict=False):

@@ -29,7 +29,7 @@ import av
 import zmq
 
 from stream.errors import UserError
-from stream.geometry import Geometry
+from stream.geometry import FRAME_FORMATS, Geometry
 from stream.ops.annotate_link import AnnotateLink, FrameTap
 from stream.sources.decode import (
     DecodeCounters,
@@ -76,6 +76,9 @@ class CaptureConfig:
     annotate: AnnotateLink | None = None
     """Live sources with `--annotate`: also send a copy of each frame sent on to the annotator
     here (stream/ops/annotate_link.py); None = no link, no copies."""
+    frame_format: str = "bgr"
+    """How frames leave for the other stages (`stream.geometry.FRAME_FORMATS`); the pipeline
+    sets its own."""
     thread_count: int = 0
     """Decoder threads for a file; 0 = FFmpeg's choice. The pipeline sets 1 in AUTO when it runs
     at least as many decoders as there are cores: the streams then keep the cores busy, and one
@@ -84,6 +87,10 @@ class CaptureConfig:
     def __post_init__(self) -> None:
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
             raise UserError(f"--fps must be a positive number, got {self.fps}")
+        if self.frame_format not in FRAME_FORMATS:
+            raise UserError(
+                f"frame format must be one of {FRAME_FORMATS}, got {self.frame_format!r}"
+            )
         if self.thread_type not in THREAD_TYPES:
             raise UserError(f"thread_type must be one of {THREAD_TYPES}, got {self.thread_type!r}")
 
@@ -122,7 +129,7 @@ class CaptureStage(Stage):
         self._late_drops = 0
         self._failures = 0
         self._tap: FrameTap | None = None
-        self._frames = FrameOut(config.geometry, endpoints, self.name)
+        self._frames = FrameOut(config.geometry, endpoints, self.name, config.frame_format)
 
     @property
     def spec(self) -> SourceSpec:

@@ -21,11 +21,16 @@ log = logging.getLogger(__name__)
 class FrameOut:
     """The FRAME messages of one capture process."""
 
-    def __init__(self, geometry: Geometry, endpoints: dict[str, str], owner: str) -> None:
+    def __init__(
+        self, geometry: Geometry, endpoints: dict[str, str], owner: str, fmt: str = "bgr"
+    ) -> None:
         """`endpoints`: the stage's; its `shm` (the run's shared folder) is read at the first
-        frame, since the pipeline adds it after making the stages."""
+        frame, since the pipeline adds it after making the stages. `fmt`: the run's frame
+        format (`stream.geometry.FRAME_FORMATS`)."""
         self.geometry = geometry
-        self.scale = WindowScaler(geometry)
+        self.shape = geometry.frame_shape(fmt)
+        """One frame's shape, as it leaves (`Geometry.frame_shape`)."""
+        self.scale = WindowScaler(geometry, fmt)
         """Decoded frame -> model input (`scale(frame, out=slot)` writes it into a slot)."""
         self._endpoints = endpoints
         self._owner = owner
@@ -39,9 +44,8 @@ class FrameOut:
             self._tried = True
             folder = self._endpoints.get("shm")
             if folder:
-                g = self.geometry
                 try:
-                    self._pool = FramePool.create(folder, (g.height, g.width, 3))
+                    self._pool = FramePool.create(folder, self.shape)
                 except OSError as exc:
                     log.warning(
                         "%s: no room in shared memory for its frames (%s): they go inside the "
@@ -61,8 +65,8 @@ class FrameOut:
         frame: av.VideoFrame,
         slot: int | None,
     ) -> list:
-        """A FRAME message of one frame, cut to the model input (so `prepared`): into `slot` of
-        the pool, or without one inside the message."""
+        """A FRAME message of one frame, cut to the model input (so `prepared`) in the run's frame
+        format: into `slot` of the pool, or without one inside the message."""
         if slot is None:
             image = self.scale(frame)
             batch = messages.Batch.single(stream_id, seq, index, pts, capture_ts, image)

@@ -70,6 +70,9 @@ class InferConfig:
     """A worker silent this long is dropped and its frames run elsewhere."""
     keys: str | None = None
     """Folder made by `ovstream keys`: CURVE on the worker link; None = plain tcp."""
+    frame_format: str = "bgr"
+    """The run's frame format (`stream.geometry.FRAME_FORMATS`): i420 compiles OpenVINO's
+    colour conversion in front of the IR, here and on the workers."""
 
 
 class InferStage(Stage):
@@ -100,7 +103,7 @@ class InferStage(Stage):
         if cfg.local:
             with captured_stderr():  # a broken IR makes the frontends print; compile_model says
                 compiled = compile_model(
-                    info, cfg.device, cfg.mode, cfg.ov_config, max_batch=max_batch
+                    info, cfg.device, cfg.mode, cfg.ov_config, None, max_batch, cfg.frame_format
                 )
             nreq = cfg.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             self._local = LocalRequests(compiled, nreq)
@@ -120,10 +123,12 @@ class InferStage(Stage):
             batch = msg.batch
             if batch is None:
                 return None
+            fmt = cfg.frame_format
             if batch.shared is not None:
-                problem = info.geometry.shape_problem(batch.shared.shape) or pools.problem(batch)
+                problem = info.geometry.shape_problem(batch.shared.shape, fmt=fmt)
+                problem = problem or pools.problem(batch)
             else:
-                problem = info.geometry.input_problem(batch.data, batched=True)
+                problem = info.geometry.input_problem(batch.data, batched=True, fmt=fmt)
             return f"tensors of {', '.join(batch.streams)}: {problem}" if problem else None
 
         local, remote = self._local, self._remote
@@ -321,7 +326,9 @@ class InferStage(Stage):
             except zmq.ZMQError as exc:
                 raise bind_error(cfg.workers, exc) from None
         identity = model_identity(info)
-        return RemoteWorkers(sock, identity, max_batch, cfg.worker_timeout_s, identity_mismatch)
+        return RemoteWorkers(
+            sock, identity, max_batch, cfg.worker_timeout_s, identity_mismatch, cfg.frame_format
+        )
 
     def close(self) -> None:
         if self._local is not None:

@@ -1,11 +1,13 @@
-"""Preprocess stage: frames from every capture -> batches of the u8 BGR tensor the IR takes.
+"""Preprocess stage: frames from every capture -> batches of the model's input, in the run's frame
+format (u8 BGR, or I420 that infer's compiled model converts: `stream.geometry.FRAME_FORMATS`).
 
 The geometry is the project's one policy (`stream.geometry`). Capture already applies it on the
-decoded YUV frame (`sources.decode.WindowScaler`: crop the source window, resize and convert to BGR
-in one swscale pass), which costs a quarter of converting the whole frame and resizing it here, so
-its frames arrive marked `prepared`: this stage checks they are the model input. Any other BGR
-frame goes through `stream.geometry.prepare`. Frames of every source meet here, and malformed ones
-stop here. Colour conversion and normalisation are inside the IR.
+decoded YUV frame (`sources.decode.WindowScaler`: crop the source window and resize, in one swscale
+pass), which costs a quarter of converting the whole frame and resizing it here, so its frames
+arrive marked `prepared`: this stage checks they are the model input. Any other BGR frame goes
+through `stream.geometry.prepare` (and, in i420 runs, OpenCV's conversion to I420). Frames of
+every source meet here, and malformed ones stop here. Colour conversion (for bgr frames) and
+normalisation are inside the IR.
 
 Batching, driven by infer's demand: infer says on the demand link how many frames it can take
 (credit: its queue's room at the start, then each frame it hands to a request), and the stage
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from stream.geometry import Geometry, prepare
+from stream.geometry import Geometry, prepare, to_frame_format
 from stream.stages.base import Stage, StreamTracker
 from stream.wire import messages
 from stream.wire.shm import PoolSet
@@ -56,30 +58,36 @@ class PreprocessConfig:
     """The model's geometry (from model.json)."""
     max_batch: int = DEFAULT_MAX_BATCH
     """Frames per TENSOR message at most (whatever is waiting, never waiting for more)."""
+    frame_format: str = "bgr"
+    """The run's frame format (`stream.geometry.FRAME_FORMATS`): what capture sends and infer
+    takes."""
 
 
-def to_tensors(msg: messages.Message, geometry: Geometry) -> messages.Batch:
-    """The model inputs of one FRAME message; ValueError if they cannot be.
+def to_tensors(msg: messages.Message, geometry: Geometry, fmt: str = "bgr") -> messages.Batch:
+    """The model inputs of one FRAME message, as frames of `fmt`; ValueError if they cannot be.
 
     Frames marked `prepared` (capture's, made by the decoder-side window) must already be the
-    model input and are passed on as they are; any other BGR frames go through `prepare`.
+    model input in `fmt` and are passed on as they are; any other BGR frames go through
+    `prepare` (and `to_frame_format`).
     """
     batch = msg.batch
     assert batch is not None
     if batch.shared is not None:  # in the capture's pool: only their slots pass through here
-        problem = geometry.shape_problem(batch.shared.shape)
+        problem = geometry.shape_problem(batch.shared.shape, fmt=fmt)
         if problem or not msg.meta.get("prepared"):
             raise ValueError(f"shared frames: {problem or 'not prepared'}")
         return batch
     if msg.meta.get("prepared"):
-        problem = geometry.input_problem(batch.data, batched=True)
+        problem = geometry.input_problem(batch.data, batched=True, fmt=fmt)
         if problem:
             raise ValueError(f"prepared frame: {problem}")
         return batch
     data = batch.data
-    if data.ndim != 4:
+    if data.ndim != 4 or data.shape[3] != 3:
         raise ValueError(f"expected N x H x W x 3 uint8 frames, got shape {data.shape}")
-    return batch.with_data(np.stack([prepare(frame, geometry) for frame in data]))
+    return batch.with_data(
+        np.stack([to_frame_format(prepare(frame, geometry), fmt) for frame in data])
+    )
 
 
 class PreprocessStage(Stage):
@@ -171,7 +179,7 @@ class PreprocessStage(Stage):
             self._taken.append(eos)  # after the frames before it, whenever they go
             return True
         try:
-            batch = to_tensors(msg, self.config.geometry)
+            batch = to_tensors(msg, self.config.geometry, self.config.frame_format)
         except ValueError as exc:
             self.reject(f"frame message of {', '.join(msg.batch.streams)}: {exc}")
             self._pools.release(msg.batch)

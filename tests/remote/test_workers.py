@@ -324,7 +324,7 @@ def test_hellos_queued_while_no_head_answered_are_one_worker(link):
         say(sock, "hello", identity=IDENTITY, name="w")
     for _ in range(3):
         wait_for(lambda: not head.receive() and sock.poll(0), 10, "a welcome")
-        assert heard(sock).meta == {"command": "welcome", "max_batch": 4}
+        assert heard(sock).meta == {"command": "welcome", "max_batch": 4, "frame_format": "bgr"}
     assert head.counters["joined"] == 1 and head.counters["lost"] == 0
     assert len(head.workers) == 1
 

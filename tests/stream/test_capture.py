@@ -78,28 +78,58 @@ def test_decoder_side_window_gives_what_prepare_gives(clip_factory, size):
             assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
 
 
+def as_bgr(frame: np.ndarray) -> np.ndarray:
+    """A frame of either format as BGR; i420 with the BT.601 limited-range conversion that
+    OpenVINO's I420 input applies (and OpenCV's)."""
+    import cv2
+
+    if frame.shape[-1] == 3:
+        return frame
+    return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_YUV2BGR_I420)
+
+
+@pytest.mark.parametrize("fmt", ["bgr", "i420"])
 @pytest.mark.parametrize(
     ("colorspace", "color_range"), [("ITU601", "MPEG"), ("ITU709", "MPEG"), ("ITU709", "JPEG")]
 )
-def test_decoder_side_window_honours_the_frames_colour_tags(photos, colorspace, color_range):
-    """BT.601/BT.709, limited/full range: the scaler's BGR is what PyAV's conversion gives."""
+def test_decoder_side_window_honours_the_frames_colour_tags(photos, colorspace, color_range, fmt):
+    """BT.601/BT.709, limited/full range: the scaler's BGR is what PyAV's conversion gives, and
+    its I420 is BT.601 limited range whatever the source's tags (what OpenVINO converts from)."""
     import cv2
 
     img = cv2.resize(photos["coffee"], (1280, 720), interpolation=cv2.INTER_CUBIC)
     frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(
         format="yuv420p", dst_colorspace=colorspace, dst_color_range=color_range
     )
-    got = WindowScaler(Geometry())(frame).astype(int)
+    scaled = WindowScaler(Geometry(), fmt)(frame)
+    assert scaled.shape == Geometry().frame_shape(fmt) and scaled.flags.c_contiguous
+    got = as_bgr(scaled).astype(int)
     expected = prepare(frame.to_ndarray(format="bgr24"), Geometry()).astype(int)
     assert np.abs(got - expected).mean() < 2.0
-    assert np.abs(got - prepare(img, Geometry()).astype(int)).mean() < 3.0  # the photo itself
+    # The photo itself; i420 has its chroma at half the input size, and re-matrixes BT.709
+    # (measured: 2.1-3.1 against 1.7-2.2 for bgr).
+    bound = 3.0 if fmt == "bgr" else 3.5
+    assert np.abs(got - prepare(img, Geometry()).astype(int)).mean() < bound
 
 
+def test_an_untagged_conversion_of_bt709_would_be_caught(photos):
+    """The check above can fail: BT.709 planes read as BT.601 are off by more than its bound."""
+    import cv2
+
+    img = cv2.resize(photos["coffee"], (1280, 720), interpolation=cv2.INTER_CUBIC)
+    frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(
+        format="yuv420p", dst_colorspace="ITU709", dst_color_range="JPEG"
+    )
+    misread = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+    assert np.abs(misread.astype(int) - img).mean() > 3.0
+
+
+@pytest.mark.parametrize("fmt", ["bgr", "i420"])
 @pytest.mark.parametrize(
     "pix_fmt",
     ["yuv420p", "yuvj420p", "nv12", "yuv420p10le", "yuyv422", "yuv422p", "yuv444p", "bgra"],
 )
-def test_decoder_side_window_handles_every_pixel_layout(photos, pix_fmt):
+def test_decoder_side_window_handles_every_pixel_layout(photos, pix_fmt, fmt):
     """Semi-planar (NV12: hardware decoders), packed 4:2:2 (YUYV: webcams) and 10-bit frames
     are cropped at an odd offset (x=163 at 640x360) without misplacing their chroma."""
     import cv2
@@ -107,7 +137,7 @@ def test_decoder_side_window_handles_every_pixel_layout(photos, pix_fmt):
     img = cv2.resize(photos["coffee"], (640, 360), interpolation=cv2.INTER_CUBIC)
     assert Geometry().source_window(640, 360)[0] % 2 == 1
     frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format=pix_fmt)
-    got = WindowScaler(Geometry())(frame).astype(int)
+    got = as_bgr(WindowScaler(Geometry(), fmt)(frame)).astype(int)
     expected = prepare(frame.to_ndarray(format="bgr24"), Geometry()).astype(int)
     assert np.abs(got - expected).mean() < 2.5
 

@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from stream import Pipeline, PipelineConfig
+from stream.geometry import Geometry
 from stream.wire import messages, shm
 from stream.wire.transport import TransportConfig
 
@@ -179,7 +180,7 @@ def test_shared_frames_that_name_nothing_real_are_rejected(clip_factory, model, 
     config = PipelineConfig(sources=[f"g={clip}"], model=str(model), publish=None, jobs=1)
     ctx = zmq.Context()
     index, times = np.array([[0, 0, 0]], np.int64), np.array([[0.0, time.time()]])
-    nowhere = messages.Shared(["1.pool"], (224, 224, 3))
+    nowhere = messages.Shared(["1.pool"], Geometry().frame_shape("i420"))  # the run's (auto)
     fake = messages.Batch(["g"], index, times, np.array([[0, 0]], np.int64), nowhere)
     results = []
     try:
