@@ -120,7 +120,9 @@ def start_worker(endpoint: str, model: Path, core: int, name: str, keys: Path | 
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
 
 
-def measure(clip: Path, model: Path, cores: list[int], keys_dir: Path | None) -> Run:
+def measure(
+    clip: Path, model: Path, cores: list[int], keys_dir: Path | None, fmt: str = "auto"
+) -> Run:
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     worker_keys = None
     if keys_dir is not None:
@@ -141,6 +143,7 @@ def measure(clip: Path, model: Path, cores: list[int], keys_dir: Path | None) ->
         workers=endpoint,
         local_infer=False,
         keys=str(keys_dir) if keys_dir is not None else None,
+        frame_format=fmt,
     )
     total = len(make_sample_frames(clip))
     lo, hi = int(total * 0.1), int(total * 0.9)
@@ -203,6 +206,12 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=600, help="frames of the test clip")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "workers-bench"))
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument(
+        "--frame-format",
+        choices=("auto", "bgr", "i420"),
+        default="auto",
+        help="frames to the workers (ovstream run --frame-format; auto: i420 for 224x224)",
+    )
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -213,10 +222,11 @@ def main() -> int:
         create_keys(keys, ("worker",))
     cores = sorted(os.sched_getaffinity(0))
     two = cores[:2] if len(cores) >= 2 else cores * 2
+    fmt = args.frame_format
     runs = [
-        measure(clip, model, [two[-1]], None),
-        measure(clip, model, two, None),
-        measure(clip, model, two, keys),
+        measure(clip, model, [two[-1]], None, fmt),
+        measure(clip, model, two, None, fmt),
+        measure(clip, model, two, keys, fmt),
     ]
     for run in runs:
         print(run, flush=True)
@@ -224,7 +234,8 @@ def main() -> int:
     lines = [
         f"workers_bench: {cpu_name()}, {len(cores)} core(s) ({os.cpu_count()} online); "
         f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}",
-        f"model {model} ; clip {args.frames} frames 320x180; head --no-local-infer on loopback;"
+        f"model {model} ; clip {args.frames} frames 320x180; frames {fmt};"
+        " head --no-local-infer on loopback;"
         " each worker --threads 1 --requests 2, pinned to one core with taskset"
         f" (cores {two}); FPS and head CPU over the steady 10-90 % of the results",
         "",

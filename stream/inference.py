@@ -80,7 +80,7 @@ class LocalRequests:
         return self.requests - self.inflight
 
     def start(self, chunk: messages.Batch, tag: Any = None) -> None:
-        """Run `chunk` (its data: the model inputs [N, H, W, 3]) on a free request; `tag` comes
+        """Run `chunk` (its data: the model inputs, N frames) on a free request; `tag` comes
         back with its outputs."""
         self._queue.start_async({0: chunk.data}, (chunk, tag), share_inputs=True)
         self.inflight += 1

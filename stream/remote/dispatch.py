@@ -6,7 +6,8 @@ AsyncInferQueue and treats a worker's free requests like its own: a batch goes w
 is free. The conversation, every message in the wire format (stream/wire/messages.py), the
 worker's DEALER identity prepended by the ROUTER:
 
-    worker -> head   COMMAND hello {identity, name}        on connecting (and after a reset)
+    worker -> head   COMMAND hello {identity, name,        on connecting (and after a reset)
+                              frame_formats}
     head -> worker   COMMAND welcome {max_batch,           the model matches: compile (for the
                               frame_format}                run's frame format), then
                      COMMAND refuse {reason}               it does not: the worker exits
@@ -224,8 +225,14 @@ class RemoteWorkers:
         if old is not None:  # it forgot the batches it held (it took the head for gone)
             self._drop(old, "said hello again")
         identity = meta.get("identity")
+        formats = meta.get("frame_formats", ["bgr"])  # a worker from before i420 frames: bgr
         if not isinstance(identity, dict):
             reason = "no model identity"
+        elif not isinstance(formats, list) or self.frame_format not in formats:
+            reason = (
+                f"the worker cannot take {self.frame_format} frames (an older ovstream: upgrade"
+                " it, or run the head with --frame-format bgr)"
+            )
         else:
             reason = self._mismatch(identity, self.identity) if self._mismatch else None
         if reason:

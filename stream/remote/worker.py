@@ -149,7 +149,8 @@ class Worker:
         return True
 
     def hello(self) -> None:
-        self.send("hello", identity=self.identity, name=self.name)
+        formats = list(FRAME_FORMATS)  # what it can take: the head refuses it for any other
+        self.send("hello", identity=self.identity, name=self.name, frame_formats=formats)
 
     def compile(self, max_batch: int, frame_format: str = "bgr") -> None:
         """Compile for the head's batch size and frame format (again only if the batch grew or

@@ -15,11 +15,14 @@ message and infer runs it as one request, and nothing per frame is JSON:
     header  {"v": 2, "kind": ..., "stream": "", "seq": 0, "streams": [stream ids], "arrays": [...]}
     index   int64   [N, 3]  stream number (into "streams"), per-stream sequence, source frame index
     times   float64 [N, 2]  pts in seconds (NaN: none), capture time (Unix seconds)
-    data    [N, ...]        the frames (u8 [N, H, W, 3]) or the logits (f32 [N, classes])
+    data    [N, ...]        the frames or the logits (f32 [N, classes])
 
+Frames are the model's input in the run's frame format (`stream.geometry.Geometry.frame_shape`):
+u8 [N, H*3/2, W, 1] for i420 (one I420 plane: Y, then U, then V), u8 [N, H, W, 3] for bgr.
 Frames in shared memory (stream/wire/shm.py; capture -> preprocess -> infer): the header has
-`"shared": {"pools": [pool names], "shape": [H, W, 3]}` and `data` is int64 [N, 2], each frame's
-pool number (into "pools") and slot; the frames themselves stay in the capture's pool.
+`"shared": {"pools": [pool names], "shape": [one frame's shape]}` and `data` is int64 [N, 2],
+each frame's pool number (into "pools") and slot; the frames themselves stay in the capture's
+pool.
 
 Control messages (EOS, READY, STATS, ERROR, STATUS, EOS_SEEN, COMMAND) carry one stream's (or one
 stage's) fields in the header: `[stream id, header, payload...]`. A stream's end of stream follows
@@ -132,7 +135,7 @@ class Shared:
     pools: list[str]
     """Pool names (stream/wire/shm.py), files in the run's shared folder."""
     shape: tuple[int, ...]
-    """The shape of one frame (H, W, 3), uint8."""
+    """The shape of one frame (`Geometry.frame_shape`: (H*3/2, W, 1) or (H, W, 3)), uint8."""
 
 
 @dataclass

@@ -329,6 +329,34 @@ def test_hellos_queued_while_no_head_answered_are_one_worker(link):
     assert len(head.workers) == 1
 
 
+def test_the_run_s_frame_format_goes_to_workers_that_can_take_it(zctx):
+    """An I420 head welcomes a worker that says it takes I420 frames, with the format; a worker
+    that says nothing of formats (an ovstream from before them) is refused with one reason."""
+    from stream.remote.dispatch import RemoteWorkers
+
+    router = zctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    head = RemoteWorkers(router, IDENTITY, max_batch=4, timeout_s=60, frame_format="i420")
+    new, old = zctx.socket(zmq.DEALER), zctx.socket(zmq.DEALER)
+    for sock in (new, old):
+        sock.linger = 0
+        sock.connect(f"tcp://127.0.0.1:{port}")
+    say(new, "hello", identity=IDENTITY, name="new", frame_formats=["bgr", "i420"])
+    wait_for(lambda: not head.receive() and new.poll(0), 10, "a welcome")
+    assert heard(new).meta == {"command": "welcome", "max_batch": 4, "frame_format": "i420"}
+    say(old, "hello", identity=IDENTITY, name="old")
+    wait_for(lambda: not head.receive() and old.poll(0), 10, "a refusal")
+    refusal = heard(old).meta
+    assert refusal["command"] == "refuse"
+    assert refusal["reason"] == (
+        "the worker cannot take i420 frames (an older ovstream: upgrade it, or run the head with "
+        "--frame-format bgr)"
+    )
+    assert head.counters["joined"] == 1 and head.counters["refused"] == 1
+
+
 def test_dispatch_passes_over_a_worker_whose_connection_closed(link):
     """The worker with the most credit is gone (killed) and the head has not read the monitor's
     news yet: the send to it fails, it is dropped, and the batch goes to the next one at once."""
