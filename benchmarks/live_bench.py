@@ -131,6 +131,12 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=25, help="stream frame rate (25-30)")
     parser.add_argument("--size", default="640x360", help="stream size WxH")
     parser.add_argument("--mode", choices=("latency", "throughput"), default="latency")
+    parser.add_argument(
+        "--frame-format",
+        choices=("auto", "bgr", "i420"),
+        default="auto",
+        help="frames between the stages (ovstream run --frame-format)",
+    )
     parser.add_argument("--backoff-max", type=float, default=4.0, help="capture's backoff cap (s)")
     parser.add_argument("--reconnects", type=int, default=3, help="kill/restart rounds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random down times")
@@ -155,12 +161,18 @@ def main() -> int:
     server = RtspServer(file=clip, path="/cam", log_dir=log_dir).start()
     live = LiveOptions(backoff_max_s=args.backoff_max, stall_timeout_s=5.0)
     config = PipelineConfig(
-        sources=[f"cam={server.url}"], model=args.model, publish=None, mode=args.mode, live=live
+        sources=[f"cam={server.url}"],
+        model=args.model,
+        publish=None,
+        mode=args.mode,
+        live=live,
+        frame_format=args.frame_format,
     )
     report: dict[str, Any] = {
         "model": args.model,
         "stream": f"{args.size}@{args.fps} H.264 over RTSP/TCP",
         "mode": args.mode,
+        "frame_format": args.frame_format,
         "single_request": single,
         "backoff_max_s": args.backoff_max,
     }
