@@ -111,7 +111,9 @@ class InferStage(Stage):
             self._remote = self._open_workers(info, max_batch)
         self._in = self.socket(zmq.PULL, "tensors", bind=True)
         self._out = self.socket(zmq.PUSH, "logits", bind=False)
-        self._demand = self.socket(zmq.PUSH, "demand", bind=False)
+        # Credit left unread when preprocess has gone (after its last end of stream) is of no
+        # use to anyone: no linger, or closing waits the whole linger for a reader that is gone.
+        self._demand = self.socket(zmq.PUSH, "demand", bind=False, linger_ms=0)
         self.report(messages.READY, requests=nreq, device=cfg.device, precision=info.precision)
         log.info("infer: %s %s on %s, %d requests", info.name, info.precision, cfg.device, nreq)
 
