@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stream import Pipeline, PipelineConfig  # noqa: E402
+from stream.config import FRAME_FORMAT_CHOICES  # noqa: E402
 from stream.model import compile_model, load_info  # noqa: E402
 from stream.sources.live_options import LiveOptions  # noqa: E402
 from tests.rtsp.fixtures import RtspServer, gst_rtsp_unavailable  # noqa: E402
@@ -133,7 +134,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=("latency", "throughput"), default="latency")
     parser.add_argument(
         "--frame-format",
-        choices=("auto", "bgr", "i420"),
+        choices=FRAME_FORMAT_CHOICES,
         default="auto",
         help="frames between the stages (ovstream run --frame-format)",
     )

@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from model_prep.ceiling import Ceiling, honest_ceiling  # noqa: E402
 from stream import Pipeline, PipelineConfig  # noqa: E402
-from stream.geometry import FRAME_FORMATS, prepare  # noqa: E402
+from stream.config import FRAME_FORMAT_CHOICES, resolve_frame_format  # noqa: E402
+from stream.geometry import prepare  # noqa: E402
 from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
 from stream.sources.decode import WindowScaler  # noqa: E402
 
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ovstream-bench"))
     parser.add_argument(
         "--frame-format",
-        choices=("auto", *FRAME_FORMATS),
+        choices=FRAME_FORMAT_CHOICES,
         default="auto",
         help="the pipeline's frames between stages (ovstream run --frame-format)",
     )
@@ -232,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     info = load_info(args.model)
-    fmt = args.frame_format
-    if fmt == "auto":
-        fmt = "i420" if info.geometry.i420_fits else "bgr"
+    fmt = resolve_frame_format(args.frame_format, info.geometry)
     cores = os.cpu_count() or 1
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

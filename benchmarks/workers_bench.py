@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stream.config import FRAME_FORMAT_CHOICES  # noqa: E402
 from stream.pipeline import Pipeline, PipelineConfig  # noqa: E402
 from stream.remote.keys import create_keys  # noqa: E402
 from stream.wire.transport import free_tcp_port  # noqa: E402
@@ -208,7 +209,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument(
         "--frame-format",
-        choices=("auto", "bgr", "i420"),
+        choices=FRAME_FORMAT_CHOICES,
         default="auto",
         help="frames to the workers (ovstream run --frame-format; auto: i420 for 224x224)",
     )

@@ -19,6 +19,22 @@ from stream.stages.preprocess import DEFAULT_MAX_BATCH, MAX_BATCH_LIMIT
 from stream.stages.publish import DEFAULT_PUBLISH
 from stream.wire.transport import TransportConfig, check_endpoint
 
+FRAME_FORMAT_CHOICES = ("auto", *FRAME_FORMATS)
+"""What `--frame-format` and `PipelineConfig.frame_format` accept."""
+
+
+def resolve_frame_format(requested: str, geometry: Geometry) -> str:
+    """The frame format of a run asked for `requested` (one of FRAME_FORMAT_CHOICES) with a
+    model of `geometry`: auto is i420 where it fits, else bgr; UserError if it cannot be."""
+    if requested == "auto":
+        return "i420" if geometry.i420_fits else "bgr"
+    if requested == "i420" and not geometry.i420_fits:
+        raise UserError(
+            f"--frame-format i420 needs an even model input size, this model's is "
+            f"{geometry.width}x{geometry.height} (use bgr)"
+        )
+    return requested
+
 
 @dataclass
 class PipelineConfig:
@@ -144,8 +160,8 @@ class PipelineConfig:
             parse_mqtt_url(self.mqtt)
         if self.mqtt_qos not in (0, 1):
             raise UserError(f"mqtt_qos must be 0 or 1, got {self.mqtt_qos}")
-        if self.frame_format not in ("auto", *FRAME_FORMATS):
-            known = ", ".join(("auto", *FRAME_FORMATS))
+        if self.frame_format not in FRAME_FORMAT_CHOICES:
+            known = ", ".join(FRAME_FORMAT_CHOICES)
             raise UserError(f"frame format must be one of {known}, got {self.frame_format!r}")
         for spec in self.specs:
             self.capture_config(spec)  # checks fps and threading
@@ -156,15 +172,8 @@ class PipelineConfig:
         return self.jobs or os.cpu_count() or 1
 
     def resolved_frame_format(self, geometry: Geometry) -> str:
-        """The frame format of a run of a model of `geometry`; UserError if it cannot be."""
-        if self.frame_format == "auto":
-            return "i420" if geometry.i420_fits else "bgr"
-        if self.frame_format == "i420" and not geometry.i420_fits:
-            raise UserError(
-                f"--frame-format i420 needs an even model input size, this model's is "
-                f"{geometry.width}x{geometry.height} (use bgr)"
-            )
-        return self.frame_format
+        """The frame format of a run of a model of `geometry` (`resolve_frame_format`)."""
+        return resolve_frame_format(self.frame_format, geometry)
 
     def capture_config(self, spec: SourceSpec, geometry: Any = None) -> CaptureConfig:
         """The capture settings of one source: its own where it has them, else the pipeline's."""

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from stream.config import FRAME_FORMAT_CHOICES
 from stream.errors import UserError
-from stream.geometry import FRAME_FORMATS
 from stream.pipeline import Pipeline, PipelineConfig, PipelineError
 from stream.progress import Progress, print_summary, result_line
 from stream.sources.config_file import ConfigError, load_sources_file
@@ -80,7 +80,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--frame-format",
-        choices=("auto", *FRAME_FORMATS),
+        choices=FRAME_FORMAT_CHOICES,
         default="auto",
         help="frames between the stages and to workers: i420 (YUV 4:2:0, half the bytes; "
         "OpenVINO converts it inside the model), bgr, or auto (default: i420 where the model's "

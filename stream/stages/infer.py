@@ -121,11 +121,12 @@ class InferStage(Stage):
 
         pools = PoolSet(self.endpoints.get("shm"))
 
+        fmt = cfg.frame_format
+
         def check_input(msg: messages.Message) -> str | None:
             batch = msg.batch
             if batch is None:
                 return None
-            fmt = cfg.frame_format
             if batch.shared is not None:
                 problem = info.geometry.shape_problem(batch.shared.shape, fmt=fmt)
                 problem = problem or pools.problem(batch)

@@ -83,7 +83,7 @@ def to_tensors(msg: messages.Message, geometry: Geometry, fmt: str = "bgr") -> m
             raise ValueError(f"prepared frame: {problem}")
         return batch
     data = batch.data
-    if data.ndim != 4 or data.shape[3] != 3:
+    if data.ndim != 4:
         raise ValueError(f"expected N x H x W x 3 uint8 frames, got shape {data.shape}")
     return batch.with_data(
         np.stack([to_frame_format(prepare(frame, geometry), fmt) for frame in data])
