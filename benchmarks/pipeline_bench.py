@@ -44,12 +44,15 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model_prep.ceiling import Ceiling, honest_ceiling  # noqa: E402
+from model_prep.ceiling import WARMUP_S, Ceiling, honest_ceiling, pure_throughput  # noqa: E402
 from stream import Pipeline, PipelineConfig  # noqa: E402
 from stream.config import FRAME_FORMAT_CHOICES, resolve_frame_format  # noqa: E402
 from stream.geometry import prepare  # noqa: E402
 from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
 from stream.sources.decode import WindowScaler  # noqa: E402
+
+PACE_BURST = 8
+"""Frames the paced decoder of `shared_cores` decodes each time it wakes."""
 
 
 def cpu_seconds() -> float:
@@ -101,6 +104,82 @@ def decode_cpu(clip: Path, info: ModelInfo, scale: bool, threads: int, fmt: str 
                 scaler(frame)
             n += 1
     return (cpu_seconds() - start) / n
+
+
+def paced_decode(clip: str, model: str, fmt: str, fps: float, seconds: float, conn: Any) -> None:
+    """Child process of `shared_cores`: decode `clip` (from the start again at its end) and make
+    the model input as capture does, one decoder thread, `fps` frames a second in bursts of
+    `PACE_BURST` (as a capture decodes when infer frees slots), for `seconds`; sends
+    (frames, CPU seconds) on `conn`."""
+    info = load_info(model)
+    scaler = WindowScaler(info.geometry, fmt)
+    out = np.empty(info.geometry.frame_shape(fmt), np.uint8)
+    container = av.open(clip)
+    stream = container.streams.video[0]
+    stream.thread_count = 1
+    frames = container.decode(stream)
+    scaler(next(frames), out)  # opened and warm
+    conn.send("ready")
+    n = 0
+    start, cpu0 = time.perf_counter(), cpu_seconds()
+    while time.perf_counter() - start < seconds:
+        wait = start + (n + PACE_BURST) / fps - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        for _ in range(PACE_BURST):
+            frame = next(frames, None)
+            if frame is None:
+                container.close()
+                container = av.open(clip)
+                stream = container.streams.video[0]
+                stream.thread_count = 1
+                frames = container.decode(stream)
+                frame = next(frames)
+            scaler(frame, out)
+            n += 1
+    conn.send((n, cpu_seconds() - cpu0))
+    container.close()
+
+
+def shared_cores(
+    info: ModelInfo, device: str, clip: Path, fmt: str, fps: float, seconds: float
+) -> dict[str, float]:
+    """Decoding with the resize and pure inference, each measured while the other runs: the
+    decoder (another process) paced at `fps`, the pipeline's ideal rate, and the pure-inference
+    loop as `pure_inference` runs it. What each then costs a frame, against what it costs alone,
+    is what sharing the cores adds before the pipeline does anything."""
+    import multiprocessing as mp
+
+    compiled = compile_model(info, device, "throughput")
+    frame = np.random.default_rng(0).integers(
+        0, 256, (info.geometry.height, info.geometry.width, 3), dtype=np.uint8
+    )
+    ctx = mp.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    decoder = ctx.Process(
+        target=paced_decode,
+        args=(str(clip), str(info.path), fmt, fps, seconds + WARMUP_S + 0.5, theirs),
+        daemon=True,
+    )
+    decoder.start()
+    try:
+        if not ours.poll(60) or ours.recv() != "ready":
+            raise RuntimeError("the paced decoder did not start")
+        pure = pure_throughput(compiled, frame, seconds)
+        if not ours.poll(60):
+            raise RuntimeError("the paced decoder did not report")
+        frames, cpu = ours.recv()
+    finally:
+        decoder.join(10)
+        if decoder.is_alive():
+            decoder.kill()
+            decoder.join(10)
+    return {
+        "pure_fps": pure.fps,
+        "pure_cpu_ms": pure.cpu_ms_per_frame,
+        "decode_scale_ms": cpu * 1e3 / frames,
+        "decoded_fps": frames / (seconds + WARMUP_S + 0.5),
+    }
 
 
 def naive_loop_fps(clip: Path, info: ModelInfo, device: str) -> float:
@@ -263,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         decode = decode_cpu_per_frame(clip, info, scale=False)
         decode_scale = decode_cpu_per_frame(clip, info, scale=True, fmt=fmt)
         limit = 1.0 / (1.0 / pure + decode / cores)
+        shared = shared_cores(info, args.device, clip, fmt, limit, args.pure_seconds)
         pipe = pipeline_run(clip, str(info.path), args.device, workdir, streams, fmt)
         naive = naive_loop_fps(clip, info, args.device)
         row = {
@@ -291,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         row["overhead_ms"] = (
             row["cpu_ms_total"] - decode_scale * 1e3 - ceiling.cpu_ms_per_frame if ms else None
         )
+        # Sharing the cores: what decoding and OpenVINO cost a frame while the other runs.
+        row["shared"] = shared
+        row["sharing_ms"] = (shared["decode_scale_ms"] - decode_scale * 1e3) + (
+            shared["pure_cpu_ms"] - ceiling.cpu_ms_per_frame
+        )
+        row["limit_shared_fps"] = cores * 1e3 / (shared["decode_scale_ms"] + shared["pure_cpu_ms"])
+        row["ratio_shared"] = pipe["fps"] / row["limit_shared_fps"]
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -340,6 +427,25 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['clip']:>11}  {r['cpu_ms_total']:.2f} - dec+sc {r['decode_scale_ms']:.2f}"
                 f" - OpenVINO {r['pure_cpu_ms']:.2f} = {r['overhead_ms']:.2f} ms"
             )
+    print(
+        "\nSharing the cores: decoding with the resize (paced at the limit's FPS, one thread, "
+        "another process) and pure inference, each measured while the other runs; CPU ms a "
+        "frame alone -> shared; shared limit = cores / (dec+sc + OpenVINO, shared); the "
+        "overhead split into what sharing adds to decoding and OpenVINO and the rest:"
+    )
+    for r in rows:
+        sh = r["shared"]
+        line = (
+            f"{r['clip']:>11}  dec+sc {r['decode_scale_ms']:.2f} -> {sh['decode_scale_ms']:.2f},"
+            f" OpenVINO {r['pure_cpu_ms']:.2f} -> {sh['pure_cpu_ms']:.2f}"
+            f" ({sh['pure_fps']:.1f} FPS); shared limit {r['limit_shared_fps']:.1f},"
+            f" pipeline {r['pipeline_fps']:.1f} = {r['ratio_shared']:.2f} of it"
+        )
+        if r["overhead_ms"] is not None:
+            rest = r["overhead_ms"] - r["sharing_ms"]
+            line += f"; overhead {r['overhead_ms']:.2f} = sharing {r['sharing_ms']:.2f}"
+            line += f" + the rest {rest:.2f} ms"
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

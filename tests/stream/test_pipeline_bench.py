@@ -78,6 +78,22 @@ def test_pipeline_bench_reports_every_figure(model, tmp_path):
     else:
         assert row["cpu_ms_total"] is None and row["overhead_ms"] is None
     assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
+    # Sharing the cores: decoding (paced at the limit) and pure inference measured together;
+    # the shared limit and the split of the overhead follow from them.
+    shared = row["shared"]
+    assert shared["pure_fps"] > 0 and shared["pure_cpu_ms"] > 0 and shared["decode_scale_ms"] > 0
+    assert 0 < shared["decoded_fps"] <= row["limit_fps"] * 1.1  # paced, not flat out
+    assert row["sharing_ms"] == pytest.approx(
+        shared["decode_scale_ms"]
+        - row["decode_scale_ms"]
+        + shared["pure_cpu_ms"]
+        - row["pure_cpu_ms"]
+    )
+    assert row["limit_shared_fps"] == pytest.approx(
+        cores * 1e3 / (shared["decode_scale_ms"] + shared["pure_cpu_ms"])
+    )
+    assert row["ratio_shared"] == pytest.approx(row["pipeline_fps"] / row["limit_shared_fps"])
+    assert "Sharing the cores" in proc.stdout
     assert set(row["stage_cpu_s"]) == {
         "capture[bench_320x180_25fps_40f_0]",
         "preprocess",
