@@ -18,7 +18,10 @@ For each generated H.264 clip (1080p and 640x360 by default) it measures:
 - peak memory of all pipeline processes (sampled RSS sum) and capture->publish latency p50/p95;
 - CPU per frame of each process in the steady state, and what is left of their sum after
   decoding with the one resize (dec+sc) and OpenVINO's own CPU per inference (from the pure
-  run): the pipeline's overhead, against the issue's target of 0.3 ms.
+  run): the pipeline's overhead, against the issue's target of 0.3 ms;
+- the same two costs while they share the cores (`shared_cores`: the decoder paced at the
+  limit's FPS in another process, the pure loop beside it), the shared limit they allow, and the
+  overhead split into what sharing adds to them and the rest.
 """
 
 from __future__ import annotations
