@@ -110,6 +110,8 @@ class Worker:
         self.frame_format = "bgr"
         """The frames the head sends (its welcome says; `stream.geometry.FRAME_FORMATS`)."""
         self.welcomed = False
+        self.working = False
+        """It has had frames from the head's run (logged once a run)."""
         self.stopping = False
         self.frames = 0
         self.last_heard = self.last_sent = time.monotonic()
@@ -253,6 +255,9 @@ class Worker:
                 if problem or not isinstance(chunk_id, int) or len(msg.batch) > self.compiled_batch:
                     log.warning("worker: rejected a batch: %s", problem or "bad chunk")
                     continue
+                if not self.working:
+                    log.info("worker: running the head's frames")
+                    self.working = True
                 self.local.start(msg.batch, chunk_id)
                 continue
             what = msg.meta.get("command") if msg.kind == messages.COMMAND else None
@@ -274,7 +279,7 @@ class Worker:
             elif what == "reset" and msg.meta.get("ended"):
                 if self.welcomed:
                     log.info("worker: the head's run ended; waiting for the next")
-                self.welcomed = False
+                self.welcomed = self.working = False
                 if self.args.once:
                     self.stopping = True
                     return 0

@@ -29,6 +29,8 @@ RUN_S = 300
 CLASSIFIED = re.compile(r"^ovstream worker: (\d+) frame\(s\) classified$", re.M)
 COMPILED = re.compile(r"worker: \S+ \S+, \d+ requests$", re.M)
 """What `ovstream -v worker` logs once it compiled the model for a head."""
+WORKING = re.compile(r"worker: running the head's frames$", re.M)
+"""What it logs when the first frames of a head's run come."""
 WORKERS_LINE = re.compile(
     r"workers: (?P<joined>\d+) joined, (?P<lost>\d+) lost, (?P<resent>\d+) frame\(s\) re-sent, "
     r"(?P<late>\d+) late result\(s\) dropped, (?P<refused>\d+) refused \(model\), "
@@ -93,6 +95,12 @@ def start_worker(
 def compiled(log: Path) -> bool:
     """Whether the worker logging to `log` compiled the model (a head welcomed it)."""
     return COMPILED.search(log.read_text()) is not None
+
+
+def working(log: Path) -> bool:
+    """Whether the worker logging to `log` has had frames from the head (so the head has its
+    credit: with the head's least-loaded dispatch it keeps getting frames while any are left)."""
+    return WORKING.search(log.read_text()) is not None
 
 
 def finish(proc: subprocess.Popen, timeout: float = RUN_S) -> tuple[int, str, str]:
@@ -219,6 +227,8 @@ def start_two_and_lose_one(other_hosts, clip_factory, model, tmp_path, prefix, *
     )  # fmt: skip
     try:
         wait_for(lambda: compiled(logs["a"]) and compiled(logs["b"]), 120, "both workers")
+        # Both have run frames: one stopped before the head had its credit would hold nothing.
+        wait_for(lambda: working(logs["a"]) and working(logs["b"]), 120, "frames on both")
         wait_for(lambda: count_results(out) >= 20, 120, "the first results")
     except BaseException:
         head.kill()
