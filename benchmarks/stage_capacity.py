@@ -202,10 +202,10 @@ def capture_send_loop(
                 marks.append((seq, time.perf_counter(), cpu_seconds(), time.thread_time()))
             # _run_file's loop body, less decoding and the resize:
             stage.stats["decoded"] = seq + 1
-            stage._send_frame(seq, seq, seq / 25.0, None)
-            stage._sent = seq + 1
+            stage._send_frame(seq, seq / 25.0, None)
             stage.stats["frames"] = stage._sent
             stage.tick()
+        stage._flush()
         marks.append((frames, time.perf_counter(), cpu_seconds(), time.thread_time()))
         stage._send_eos(frames, {"count": frames})
         results.put(marks)
@@ -452,8 +452,8 @@ def measure_stage(
         transport = TransportConfig()
         stage: Stage
         worker = None
-        # What each stage receives in a loaded pipeline: preprocess, one frame a message from
-        # each capture; infer and publish, batches of up to max_batch frames.
+        # What each stage receives in a loaded pipeline: preprocess, one frame a message (a live
+        # capture's; a file's sends up to max_batch); infer and publish, batches of max_batch.
         if name == "preprocess":
             stage = PreprocessStage(
                 PreprocessConfig([STREAM], geometry, batch, fmt), transport, endpoints

@@ -64,8 +64,9 @@ class PipelineConfig:
     requests: int = 0
     """Infer requests in flight; 0 = the device's optimal number."""
     max_batch: int = DEFAULT_MAX_BATCH
-    """Frames one inference request takes at most: whatever is waiting, shared among the free
-    requests, never waiting for more (see stream/stages/infer.py); 1 = a request per frame."""
+    """Frames handed on together at most: a file capture's message, preprocess's batch, one
+    inference request (whatever is waiting, shared among the free requests, never waiting for
+    more; see stream/stages/infer.py); 1 = a frame at a time."""
     ov_config: dict[str, Any] = field(default_factory=dict)
     """Extra OpenVINO compile properties."""
     workers: str | None = None
@@ -186,5 +187,6 @@ class PipelineConfig:
             thread_type=self.decoder_threads,
             live=spec.options or self.live,
             annotate=self.annotate if spec.is_live else None,
+            max_batch=self.max_batch,
             **kw,
         )

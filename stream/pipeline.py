@@ -146,7 +146,13 @@ class Pipeline:
                 stages.append(CaptureStage(capture, cfg.transport, endpoints))
         if pool:
             worker = CaptureConfig(
-                None, info.geometry, cfg.fps, cfg.decoder_threads, cfg.live, frame_format=fmt
+                None,
+                info.geometry,
+                cfg.fps,
+                cfg.decoder_threads,
+                cfg.live,
+                frame_format=fmt,
+                max_batch=cfg.max_batch,
             )
             for k in range(cfg.max_jobs):
                 stages.append(CaptureStage(worker, cfg.transport, endpoints, worker=k))

@@ -75,8 +75,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_BATCH,
         metavar="N",
-        help=f"frames one inference request takes at most: those waiting, never waiting for "
-        f"more (default {DEFAULT_MAX_BATCH}; 1 = a request per frame)",
+        help=f"frames handed on together at most (a file's capture message, a batch for infer, "
+        f"one inference request): those waiting, never waiting for more "
+        f"(default {DEFAULT_MAX_BATCH}; 1 = a frame at a time)",
     )
     parser.add_argument(
         "--frame-format",

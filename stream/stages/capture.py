@@ -46,6 +46,7 @@ from stream.sources.live import (
 from stream.sources.spec import SourceSpec
 from stream.stages.base import Stage
 from stream.stages.frame_out import FrameOut
+from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.wire import messages
 from stream.wire.transport import NOBLOCK, TransportConfig, send, send_parts
 
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 THREAD_TYPES = ("AUTO", "FRAME", "SLICE", "NONE")
 EOS_SEND_TIMEOUT_S = 10.0
 STATUS_HWM = 1000
+FILE_BATCH_WAIT_S = 0.02
+"""The longest a decoded frame of a file waits here for the rest of its message
+(`CaptureConfig.max_batch`)."""
 ENDED_KEYS = ("stream", "frames", "decoded", "skipped", "dropped", "reconnects", "error", "stopped")
 """A pool worker's counters of a finished stream, sent with its request for the next one."""
 
@@ -79,6 +83,11 @@ class CaptureConfig:
     frame_format: str = "bgr"
     """How frames leave for the other stages (`stream.geometry.FRAME_FORMATS`); the pipeline
     sets its own."""
+    max_batch: int = DEFAULT_MAX_BATCH
+    """Frames of a file one message carries at most (in shared memory; the pipeline's
+    `max_batch`): those decoded since the last message go when there are this many, before it
+    waits for a free slot, after FILE_BATCH_WAIT_S, and at the end of the file. A live source
+    sends each frame at once."""
     thread_count: int = 0
     """Decoder threads for a file; 0 = FFmpeg's choice. The pipeline sets 1 in AUTO when it runs
     at least as many decoders as there are cores: the streams then keep the cores busy, and one
@@ -125,6 +134,9 @@ class CaptureStage(Stage):
         self._container: Any = None
         self._counters = DecodeCounters()
         self._sent = 0
+        self._pending: list[tuple[int, int, float, float, int]] = []
+        """A file's frames in their slots, not sent yet: (seq, index, pts, capture time, slot)."""
+        self._pending_since = 0.0
         self._slot: LatestSlot | None = None
         self._late_drops = 0
         self._failures = 0
@@ -179,6 +191,7 @@ class CaptureStage(Stage):
         self._spec = spec
         self._counters = DecodeCounters()
         self._sent = 0
+        self._pending = []
         self._slot = None
         self._late_drops = 0
         self._failures = 0
@@ -243,10 +256,9 @@ class CaptureStage(Stage):
                 assert pts is not None  # files always have one (extrapolated if missing)
                 if not sampler.keep(pts):
                     continue
-                if not self._send_frame(self._sent, index, pts, frame):
+                if not self._send_frame(index, pts, frame):
                     stopped = True
                     break
-                self._sent += 1
                 self.stats["frames"] = self._sent
                 self.tick()
             if counters.decoded == 0 and not stopped:
@@ -256,30 +268,69 @@ class CaptureStage(Stage):
         except av.FFmpegError as exc:
             error = scrub(f"{url}: {exc}", url)
         finally:
+            # The frames held for a message go too (a stop still publishes what was decoded,
+            # where there is room); if they cannot, they were never sent and their slots are free.
+            if not self._flush():
+                self._drop_pending()
             self.close()  # a pool worker goes on to its next file
         if error:
             self._status("error", reason=error)
         return error, stopped
 
-    def _send_frame(self, seq: int, index: int, pts: float | None, frame: av.VideoFrame) -> bool:
-        """Blocks while downstream is busy (files: nothing is dropped); False if stopped."""
+    def _send_frame(self, index: int, pts: float, frame: av.VideoFrame) -> bool:
+        """A file's next frame. Blocks while downstream is busy (files: nothing is dropped);
+        False if stopped. In a slot of the frame pool it waits here for the rest of its message
+        (`CaptureConfig.max_batch`); without a pool it goes at once, inside its message."""
         assert self._out is not None
         pool = self._frames.pool()
-        slot = None
-        if pool is not None:
-            slot = pool.wait(self.should_stop)  # all in flight: backpressure, as a full queue
+        seq = self._sent + len(self._pending)
+        if pool is None:
+            parts = self._frames.message(
+                self.spec.stream_id, seq, index, pts, time.time(), frame, None
+            )
+            if not send(self._out, parts, self.should_stop):
+                return False
+            self._sent += 1
+            return True
+        slot = pool.acquire()
+        if slot is None:  # all in flight: backpressure, as a full queue
+            if not self._flush():  # the frames held here first, or no slot comes free
+                return False
+            slot = pool.wait(self.should_stop)
             if slot is None:
                 return False
-        sent = False
         try:
-            parts = self._frames.message(
-                self.spec.stream_id, seq, index, pts, time.time(), frame, slot
-            )
-            sent = send(self._out, parts, self.should_stop)
-        finally:
-            if not sent and slot is not None:
-                pool.release((slot,))  # type: ignore[union-attr]
-        return sent
+            self._frames.into_slot(frame, slot)
+        except BaseException:
+            pool.release((slot,))
+            raise
+        now = time.monotonic()
+        if not self._pending:
+            self._pending_since = now
+        self._pending.append((seq, index, pts, time.time(), slot))
+        full = len(self._pending) >= self.config.max_batch
+        if full or now - self._pending_since >= FILE_BATCH_WAIT_S:
+            return self._flush()
+        return True
+
+    def _flush(self) -> bool:
+        """Send the frames held, as one message; False if stopped first (they stay held)."""
+        if not self._pending:
+            return True
+        assert self._out is not None
+        parts = self._frames.slots_message(self.spec.stream_id, self._pending)
+        if not send(self._out, parts, self.should_stop):
+            return False
+        self._sent += len(self._pending)
+        self._pending = []
+        return True
+
+    def _drop_pending(self) -> None:
+        """Frames held that could not be sent: never sent, so their slots are free again."""
+        pool = self._frames.pool()
+        if self._pending and pool is not None:
+            pool.release([slot for *_, slot in self._pending])
+        self._pending = []
 
     # -- live: reconnect, never fall behind ------------------------------------------------------
 

@@ -82,3 +82,23 @@ class FrameOut:
                 messages.Shared([pool.name], pool.shape),
             )
         return messages.encode_batch(messages.FRAME, batch, {"prepared": True})
+
+    def into_slot(self, frame: av.VideoFrame, slot: int) -> None:
+        """Cut `frame` to the model input straight into `slot` of the pool."""
+        assert self._pool is not None
+        self.scale(frame, out=self._pool.frames[slot])
+
+    def slots_message(self, stream_id: str, rows: list[tuple[int, int, float, float, int]]) -> list:
+        """A FRAME message of frames already in the pool (`into_slot`): one row each of
+        (seq, frame index, pts, capture time, slot)."""
+        pool = self._pool
+        assert pool is not None and rows
+        table = np.array(rows, dtype=np.float64)
+        batch = messages.Batch(
+            [stream_id],
+            np.array([(0, seq, index) for seq, index, _, _, _ in rows], dtype=np.int64),
+            table[:, 2:4].copy(),
+            np.array([(0, slot) for *_, slot in rows], dtype=np.int64),
+            messages.Shared([pool.name], pool.shape),
+        )
+        return messages.encode_batch(messages.FRAME, batch, {"prepared": True})

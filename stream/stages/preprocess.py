@@ -200,13 +200,16 @@ class PreprocessStage(Stage):
                 group.append(item)
                 continue
             if group:
-                count = sum(len(b) for b in group)
-                parts = messages.encode_batch(messages.TENSOR, messages.Batch.join(group))
-                if not send(self._out, parts, self.should_stop):
-                    return False
-                self._credit -= count
-                self.stats["frames"] += count
-                self.stats["batches"] += 1
+                joined = messages.Batch.join(group)
+                most = self.config.max_batch
+                for start in range(0, len(joined), most):  # captures send up to 8 at a time
+                    piece = joined if len(joined) <= most else joined.take(start, start + most)
+                    parts = messages.encode_batch(messages.TENSOR, piece)
+                    if not send(self._out, parts, self.should_stop):
+                        return False
+                    self._credit -= len(piece)
+                    self.stats["frames"] += len(piece)
+                    self.stats["batches"] += 1
                 group = []
             if item is not _KIND_BREAK and not send(self._out, item, self.should_stop):
                 return False

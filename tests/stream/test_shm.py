@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -222,3 +223,62 @@ def test_a_full_pool_waits_for_a_burst_of_free_slots(tmp_path):
     assert looks == [4, 3, 3]  # one slot free was not enough: it waited for the second
     assert pool.in_use() == 3
     assert pool.acquire() in (0, 2)  # the other freed one, without waiting
+
+
+def test_a_file_capture_sends_frames_in_batches_and_never_holds_any_while_it_waits(
+    clip_factory, tmp_path
+):
+    """A file's capture sends its frames in messages of up to `max_batch` (slot numbers only),
+    numbered without gaps, the end of stream counting them all. With every slot in flight, the
+    frames it holds go before it waits: here the reader frees nothing until it has every slot's
+    frame (48, not a multiple of 5), so a capture that kept frames back would wait for slots that
+    never come free."""
+    from stream.sources.spec import SourceSpec
+    from stream.stages.base import stage_main
+    from stream.stages.capture import CaptureConfig, CaptureStage
+
+    frames = shm.DEFAULT_SLOTS + 20
+    clip = clip_factory(320, 180, 25, frames)
+    geometry = Geometry()
+    folder = shm.make_run_dir(1, geometry.frame_shape("i420"), root=tmp_path)
+    assert folder is not None
+    endpoints = {link: f"ipc://{tmp_path}/{link}.sock" for link in ("frames", "control")}
+    endpoints["shm"] = folder
+    spec = SourceSpec("s", str(clip), False)
+    config = CaptureConfig(spec, geometry, frame_format="i420", max_batch=5)
+    stage = CaptureStage(config, TransportConfig(), endpoints)
+    ctx = zmq.Context()
+    control, inbox = ctx.socket(zmq.PULL), ctx.socket(zmq.PULL)
+    control.bind(endpoints["control"])
+    inbox.bind(endpoints["frames"])
+    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
+    proc.start()
+    try:
+        pools = shm.PoolSet(folder)
+        held: list[messages.Batch] = []
+        seqs, sizes = [], []
+        while True:
+            assert inbox.poll(30_000), f"nothing after {len(seqs)} frames"
+            msg = messages.decode(inbox.recv_multipart(copy=False))
+            if msg.kind == messages.EOS:
+                break
+            assert msg.kind == messages.FRAME and msg.batch.shared is not None
+            sizes.append(len(msg.batch))
+            seqs += [row[1] for row in msg.batch.rows()]
+            held.append(msg.batch)
+            if len(seqs) >= shm.DEFAULT_SLOTS:  # every slot has come: free them, as infer does
+                for batch in held:
+                    pools.gather([batch], np.empty((len(batch), *batch.shared.shape), np.uint8))
+                held = []
+        assert msg.meta["count"] == frames and not msg.meta["stopped"]
+        assert seqs == list(range(frames))
+        assert max(sizes) == 5 and len(sizes) < frames / 2, sizes
+        proc.join(30)
+        assert proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+        control.close(0)
+        inbox.close(0)
+        ctx.term()
