@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import multiprocessing as mp
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,22 @@ def zctx() -> Iterator[zmq.Context]:
     ctx = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)
+
+
+@contextlib.contextmanager
+def stage_process(stage) -> Iterator[mp.Process]:
+    """`stage` running as the supervisor runs it (`stage_main` in a spawned process); killed on
+    the way out if it is still running."""
+    from stream.stages.base import stage_main
+
+    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
 
 
 def recv_within(sock: zmq.Socket, timeout_s: float = 10.0) -> list[zmq.Frame]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from stream import Pipeline, PipelineConfig
 from stream.geometry import Geometry
 from stream.wire import messages, shm
 from stream.wire.transport import TransportConfig
+
+from .conftest import recv_within, stage_process
 
 SHAPE = (8, 6, 3)
 
@@ -226,7 +227,7 @@ def test_a_full_pool_waits_for_a_burst_of_free_slots(tmp_path):
 
 
 def test_a_file_capture_sends_frames_in_batches_and_never_holds_any_while_it_waits(
-    clip_factory, tmp_path
+    clip_factory, tmp_path, zctx
 ):
     """A file's capture sends its frames in messages of up to `max_batch` (slot numbers only),
     numbered without gaps, the end of stream counting them all. With every slot in flight, the
@@ -234,7 +235,6 @@ def test_a_file_capture_sends_frames_in_batches_and_never_holds_any_while_it_wai
     frame (48, not a multiple of 5), so a capture that kept frames back would wait for slots that
     never come free."""
     from stream.sources.spec import SourceSpec
-    from stream.stages.base import stage_main
     from stream.stages.capture import CaptureConfig, CaptureStage
 
     frames = shm.DEFAULT_SLOTS + 20
@@ -247,19 +247,15 @@ def test_a_file_capture_sends_frames_in_batches_and_never_holds_any_while_it_wai
     spec = SourceSpec("s", str(clip), False)
     config = CaptureConfig(spec, geometry, frame_format="i420", max_batch=5)
     stage = CaptureStage(config, TransportConfig(), endpoints)
-    ctx = zmq.Context()
-    control, inbox = ctx.socket(zmq.PULL), ctx.socket(zmq.PULL)
+    control, inbox = zctx.socket(zmq.PULL), zctx.socket(zmq.PULL)
     control.bind(endpoints["control"])
     inbox.bind(endpoints["frames"])
-    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
-    proc.start()
-    try:
+    with stage_process(stage) as proc:
         pools = shm.PoolSet(folder)
         held: list[messages.Batch] = []
         seqs, sizes = [], []
         while True:
-            assert inbox.poll(30_000), f"nothing after {len(seqs)} frames"
-            msg = messages.decode(inbox.recv_multipart(copy=False))
+            msg = messages.decode(recv_within(inbox, 30))
             if msg.kind == messages.EOS:
                 break
             assert msg.kind == messages.FRAME and msg.batch.shared is not None
@@ -275,10 +271,3 @@ def test_a_file_capture_sends_frames_in_batches_and_never_holds_any_while_it_wai
         assert max(sizes) == 5 and len(sizes) < frames / 2, sizes
         proc.join(30)
         assert proc.exitcode == 0
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
-        control.close(0)
-        inbox.close(0)
-        ctx.term()

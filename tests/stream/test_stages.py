@@ -4,22 +4,19 @@ counted, the stage goes on, passes its end of stream on and exits 0."""
 from __future__ import annotations
 
 import json
-import logging
-import multiprocessing as mp
 
 import numpy as np
 import pytest
 import zmq
 
 from stream.geometry import Geometry
-from stream.stages.base import stage_main
 from stream.stages.infer import InferConfig, InferStage
 from stream.stages.preprocess import PreprocessConfig, PreprocessStage
 from stream.stages.publish import PublishConfig, PublishStage
 from stream.wire import messages
 from stream.wire.transport import TransportConfig
 
-from .conftest import recv_within
+from .conftest import recv_within, stage_process
 
 META = {"frame_index": 0, "pts": 0.0, "capture_ts": 1700000000.0}
 
@@ -127,9 +124,7 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
         demand.send_multipart(credit(1))  # one frame: every batch after it waits for more
     elif in_link == "tensors":
         demand.bind(endpoints["demand"])
-    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
-    proc.start()
-    try:
+    with stage_process(stage) as proc:
         ready = messages.decode(recv_within(control, 60))
         assert ready.kind == messages.READY, ready.meta
         for parts in inputs:
@@ -163,10 +158,6 @@ def test_stage_rejects_malformed_messages_and_goes_on(case, model, tmp_path, zct
             assert sum(credits) == 2 * stage.config.max_batch + expected_out + 1, credits
         if out_link == "sink":
             assert final.meta["stats"]["duplicates"] == 1
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
     if out_link == "sink":
         lines = (tmp_path / "out.jsonl").read_text().splitlines()
         assert [json.loads(line) for line in lines] == received
@@ -201,9 +192,7 @@ def test_preprocess_gathers_frames_while_infer_has_no_credit(tmp_path, zctx):
         return messages.encode_batch(messages.FRAME, batch, {"prepared": True})
 
     inline = np.zeros((224, 224, 3), np.uint8)
-    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
-    proc.start()
-    try:
+    with stage_process(stage):
         assert messages.decode(recv_within(control, 60)).kind == messages.READY
         for parts in [shared(0), shared(1), frame_msg(2, inline, prepared=True), shared(3)]:
             push.send_multipart(parts, copy=False)
@@ -215,9 +204,6 @@ def test_preprocess_gathers_frames_while_infer_has_no_credit(tmp_path, zctx):
         assert kinds == [("tensor", True), ("tensor", False), ("tensor", True), ("eos", None)]
         assert [[row[1] for row in m.batch.rows()] for m in got[:3]] == [[0, 1], [2], [3]]
         assert got[0].batch.data.tolist() == [[0, 0], [0, 1]]  # slot numbers, not pixels
-    finally:
-        proc.kill()
-        proc.join(10)
 
 
 def test_infer_finishes_when_nothing_reads_its_credit(model, tmp_path, zctx):
@@ -236,9 +222,7 @@ def test_infer_finishes_when_nothing_reads_its_credit(model, tmp_path, zctx):
     push.setsockopt(zmq.LINGER, 0)
     push.connect(endpoints["tensors"])
     frames = 24
-    proc = mp.get_context("spawn").Process(target=stage_main, args=(stage, None, logging.ERROR))
-    proc.start()
-    try:
+    with stage_process(stage) as proc:
         assert messages.decode(recv_within(control, 60)).kind == messages.READY
         good = np.zeros((224, 224, 3), np.uint8)
         for seq in range(frames):
@@ -252,7 +236,3 @@ def test_infer_finishes_when_nothing_reads_its_credit(model, tmp_path, zctx):
         )
         proc.join(30)
         assert proc.exitcode == 0
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
