@@ -3,7 +3,9 @@
 A dedicated capture reads one source; a pool worker asks the supervisor for files one by one.
 Each decoded frame is stamped with the stream id, its index among the frames the decoder
 produced, its pts in seconds and the wall-clock time it was decoded; the frame on the wire is
-the model's input itself (224x224 for the default), cut on the decoded YUV frame. A source that
+the model's input itself (224x224 for the default), cut on the decoded YUV frame into a slot of
+the process's frame pool in shared memory; a file's frames go in messages of up to `max_batch`
+slot numbers (`_send_frame`, `_flush`), a live source's one at a time. A source that
 cannot be read at all sends an end of stream carrying the error, so the rest of the pipeline (and
 the other sources) go on.
 

@@ -1,6 +1,7 @@
 """How a capture's frames leave it: cut to the model input (`WindowScaler`) straight into a slot
 of the process's frame pool in shared memory (stream/wire/shm.py), so only the slot's number
-travels, or, where the run has no shared folder or it has no room, inside the message."""
+travels (`message` for one frame, `slots_message` for several already in their slots), or,
+where the run has no shared folder or it has no room, inside the message."""
 
 from __future__ import annotations
 
