@@ -143,9 +143,17 @@ def test_batch_runs_resumes_retries_restarts(media: Path, model: Path, tmp_path:
         check_output(out, sid, video)
 
 
+def _size(path: Path) -> int:
+    """The size of a file that may be renamed away meanwhile (0 if it was)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_kill_9_of_the_whole_job_then_resume_is_exact(model: Path, tmp_path: Path) -> None:
     media = tmp_path / "media"
-    clips = {f"c{i}.mp4": make_sample.write_clip(media / f"c{i}.mp4", 160, 90, 25, 120) for i in
+    clips = {f"c{i}.mp4": make_sample.write_clip(media / f"c{i}.mp4", 160, 90, 25, 300) for i in
              range(6)}  # fmt: skip
     out = tmp_path / "out"
     args = [str(media), "--model", str(model), "--out", str(out), "--jobs", "2"]
@@ -157,15 +165,21 @@ def test_kill_9_of_the_whole_job_then_resume_is_exact(model: Path, tmp_path: Pat
         start_new_session=True,
     )
     pgid = proc.pid
+    seen = []
+
+    def mid_job() -> bool:
+        """A file done, another half written, and `--status` (read while the job runs) says a
+        file is running: all three at once, not only in passing between two files."""
+        if not (list(out.glob("*.jsonl")) and any(map(_size, out.glob("*.part")))):
+            return False
+        status, pid = job_status(out)
+        seen[:] = [status, pid]
+        return status.counts["running"] >= 1
+
     try:
-        # mid-job: a file done and another one half written
-        wait_for(
-            lambda: list(out.glob("*.jsonl")) and any(p.stat().st_size for p in out.glob("*.part")),
-            120,
-            "a finished output and a partial one",
-        )
-        status, pid = job_status(out)  # what `--status` prints, while the job runs
-        assert pid == proc.pid and status.counts["running"] >= 1 and status.total == 6
+        wait_for(mid_job, 120, "a finished output, a partial one and a running file")
+        status, pid = seen
+        assert pid == proc.pid and status.total == 6
         done_before = {p.name for p in out.glob("*.jsonl")}
         os.killpg(pgid, signal.SIGKILL)
         proc.wait(timeout=30)
