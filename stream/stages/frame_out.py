@@ -30,9 +30,9 @@ class FrameOut:
         format (`stream.geometry.FRAME_FORMATS`)."""
         self.geometry = geometry
         self.scale = WindowScaler(geometry, fmt)
+        """Decoded frame -> model input (`scale(frame, out=slot)` writes it into a slot)."""
         self.shape = self.scale.shape
         """One frame's shape, as it leaves (kept: a benchmark replaces `scale`)."""
-        """Decoded frame -> model input (`scale(frame, out=slot)` writes it into a slot)."""
         self._endpoints = endpoints
         self._owner = owner
         self._pool: FramePool | None = None
@@ -68,20 +68,12 @@ class FrameOut:
     ) -> list:
         """A FRAME message of one frame, cut to the model input (so `prepared`) in the run's frame
         format: into `slot` of the pool, or without one inside the message."""
-        if slot is None:
-            image = self.scale(frame)
-            batch = messages.Batch.single(stream_id, seq, index, pts, capture_ts, image)
-        else:
-            pool = self._pool
-            assert pool is not None
-            self.scale(frame, out=pool.frames[slot])
-            batch = messages.Batch(
-                [stream_id],
-                np.array([[0, seq, index]], dtype=np.int64),
-                np.array([[math.nan if pts is None else pts, capture_ts]], dtype=np.float64),
-                np.array([[0, slot]], dtype=np.int64),
-                messages.Shared([pool.name], pool.shape),
-            )
+        if slot is not None:
+            self.into_slot(frame, slot)
+            row = (seq, index, math.nan if pts is None else pts, capture_ts, slot)
+            return self.slots_message(stream_id, [row])
+        image = self.scale(frame)
+        batch = messages.Batch.single(stream_id, seq, index, pts, capture_ts, image)
         return messages.encode_batch(messages.FRAME, batch, {"prepared": True})
 
     def into_slot(self, frame: av.VideoFrame, slot: int) -> None:
@@ -94,11 +86,10 @@ class FrameOut:
         (seq, frame index, pts, capture time, slot)."""
         pool = self._pool
         assert pool is not None and rows
-        table = np.array(rows, dtype=np.float64)
         batch = messages.Batch(
             [stream_id],
             np.array([(0, seq, index) for seq, index, _, _, _ in rows], dtype=np.int64),
-            table[:, 2:4].copy(),
+            np.array([(pts, captured) for _, _, pts, captured, _ in rows], dtype=np.float64),
             np.array([(0, slot) for *_, slot in rows], dtype=np.int64),
             messages.Shared([pool.name], pool.shape),
         )

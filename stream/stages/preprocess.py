@@ -202,7 +202,8 @@ class PreprocessStage(Stage):
             if group:
                 joined = messages.Batch.join(group)
                 most = self.config.max_batch
-                for start in range(0, len(joined), most):  # captures send up to 8 at a time
+                # A capture's message joins whole, so what was gathered can pass max_batch.
+                for start in range(0, len(joined), most):
                     piece = joined if len(joined) <= most else joined.take(start, start + most)
                     parts = messages.encode_batch(messages.TENSOR, piece)
                     if not send(self._out, parts, self.should_stop):
