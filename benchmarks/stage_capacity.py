@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 from model_prep.ceiling import pure_throughput  # noqa: E402
 from stream.geometry import FRAME_FORMATS, Geometry  # noqa: E402
-from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
+from stream.model import ModelInfo, compile_model, load_info, request_batch  # noqa: E402
 from stream.sources.spec import SourceSpec  # noqa: E402
 from stream.stages.base import Stage, stage_main  # noqa: E402
 from stream.stages.capture import CaptureConfig, CaptureStage  # noqa: E402
@@ -605,7 +605,7 @@ def openvino_ms(model: Path, seconds: float, batch: int, fmt: str) -> float:
     """CPU ms per frame OpenVINO itself spends on the trivial IR (taking frames of `fmt`) in
     requests of `batch` frames (pure, this core)."""
     info = load_info(model)
-    compiled = compile_model(info, "CPU", "throughput", max_batch=batch, frame_format=fmt)
+    compiled = compile_model(info, "CPU", "throughput", batch=batch, frame_format=fmt)
     frames = np.zeros((batch, *info.geometry.frame_shape(fmt)), np.uint8)
     return pure_throughput(compiled, frames, seconds, warmup_s=0.2).cpu_ms_per_frame
 
@@ -712,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     results = []
     fmt = args.frame_format
-    pure_ms = openvino_ms(model, 2.0, args.batch, fmt) if "infer" in stages else 0.0
+    pure_ms = openvino_ms(model, 2.0, request_batch(args.batch), fmt) if "infer" in stages else 0.0
     for stage in stages:
         for via in vias if stage not in ("publish", "dispatch") else vias[:1]:
             result = measure_stage(

@@ -1,9 +1,10 @@
 """Running batches on OpenVINO from a ZeroMQ event loop: shared by the infer stage and by
 remote workers (`ovstream worker`).
 
-`LocalRequests` wraps an AsyncInferQueue: OpenVINO's callback threads copy each request's outputs
-(the request is reused right after) onto a deque and wake the owner through a pipe, which its
-ZeroMQ poller watches next to its sockets. `FrameQueue` holds frames waiting for a request.
+`LocalRequests` runs batches on two AsyncInferQueues, one of requests of 4 frames and one of
+single frames: OpenVINO's callback threads copy each request's outputs into its batch's results
+(the request is reused right after) and wake the owner through a pipe, which its ZeroMQ poller
+watches next to its sockets. `FrameQueue` holds frames waiting for a request.
 """
 
 from __future__ import annotations
@@ -43,36 +44,58 @@ def captured_stderr() -> Iterator[None]:
 
 
 class LocalRequests:
-    """`requests` OpenVINO infer requests, each running one batch at a time."""
+    """Batches run on OpenVINO, `requests` at a time. A batch runs as requests of `batch` frames
+    (`stream.model.REQUEST_BATCH`) on a model compiled for exactly that many, and the frames left
+    over one a request on a model compiled for one; its results come back together once all its
+    requests are done."""
 
-    def __init__(self, compiled: Any, requests: int) -> None:
+    def __init__(self, compiled: list[Any], requests: int, max_batch: int) -> None:
+        """`compiled`: the model for requests of several frames and the one for a single frame
+        (`stream.model.compile_batches`), or one model for a single frame; `max_batch`: the
+        most frames a batch has (it sizes the request pools so that `start` never waits)."""
         import openvino as ov
 
         self.requests = requests
         self.inflight = 0
-        """Requests running now."""
+        """Batches running now."""
         self.frames_inflight = 0
-        """Frames in those requests."""
+        """Frames in those batches."""
+        by_size = {int(c.input(0).get_partial_shape()[0].get_length()): c for c in compiled}
+        self.batch = max(by_size)
+        """Frames in one request of a batch (1: a request per frame)."""
+        out = compiled[0].output(0)
+        self._classes = int(np.prod([d.get_length() for d in list(out.get_partial_shape())[1:]]))
+        self._dtype = out.get_element_type().to_dtype()
         self._done: collections.deque = collections.deque()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
-        self._queue: Any = ov.AsyncInferQueue(compiled, requests)
         done, wfd = self._done, self._wfd
 
-        def on_done(request: Any, userdata: tuple[messages.Batch, Any]) -> None:
+        def on_done(request: Any, userdata: tuple[_Running, int]) -> None:
             # Runs on an OpenVINO thread: copy now, the request is reused for the next frames.
+            running, at = userdata
             try:
-                out: Any = request.get_output_tensor(0).data.copy()
+                data = request.get_output_tensor(0).data
+                running.out[at : at + len(data)] = data.reshape(len(data), -1)
+                error = None
             except Exception as exc:  # raised by finished(), on the owner's thread
-                out = exc
-            done.append((*userdata, out))
+                error = exc
+            done.append((running, error))
             os.write(wfd, b"\0")
 
-        self._queue.set_callback(on_done)
+        # Room for `requests` batches of max_batch frames at once, so start_async never blocks.
+        pools = {self.batch: requests * max(1, max_batch // self.batch)}
+        if self.batch > 1 and 1 in by_size:
+            pools[1] = requests * min(self.batch - 1, max_batch)
+        self._queues: dict[int, Any] = {}
+        for size, count in pools.items():
+            queue = ov.AsyncInferQueue(by_size[size], count)
+            queue.set_callback(on_done)
+            self._queues[size] = queue
 
     @property
     def fd(self) -> int:
-        """Readable when a request finished (for a zmq.Poller)."""
+        """Readable when a batch's request finished (for a zmq.Poller)."""
         return self._rfd
 
     @property
@@ -80,33 +103,57 @@ class LocalRequests:
         return self.requests - self.inflight
 
     def start(self, chunk: messages.Batch, tag: Any = None) -> None:
-        """Run `chunk` (its data: the model inputs, N frames) on a free request; `tag` comes
-        back with its outputs."""
-        self._queue.start_async({0: chunk.data}, (chunk, tag), share_inputs=True)
+        """Run `chunk` (its data: the model inputs, N frames); `tag` comes back with its
+        outputs."""
+        data, n, size = chunk.data, len(chunk), self.batch
+        full = n - n % size if 1 in self._queues else n
+        running = _Running(chunk, tag, np.empty((n, self._classes), self._dtype))
+        running.left = full // size + (n - full)
+        for at in range(0, full, size):
+            self._queues[size].start_async(
+                {0: data[at : at + size]}, (running, at), share_inputs=True
+            )
+        for at in range(full, n):
+            self._queues[1].start_async({0: data[at : at + 1]}, (running, at), share_inputs=True)
         self.inflight += 1
-        self.frames_inflight += len(chunk)
+        self.frames_inflight += n
 
     def finished(self) -> list[tuple[messages.Batch, Any, Any]]:
-        """(batch, outputs [N, classes], tag) of every request finished since the last call;
+        """(batch, outputs [N, classes], tag) of every batch finished since the last call;
         RuntimeError if an inference failed."""
         with contextlib.suppress(BlockingIOError):
             os.read(self._rfd, 4096)
         out = []
         while self._done:
-            chunk, tag, result = self._done.popleft()
-            self.inflight -= 1
-            self.frames_inflight -= len(chunk)
-            if isinstance(result, Exception):
-                raise RuntimeError(f"inference failed: {result}")
-            out.append((chunk, result.reshape(len(chunk), -1), tag))
+            running, error = self._done.popleft()
+            if error is not None:
+                raise RuntimeError(f"inference failed: {error}")
+            running.left -= 1
+            if running.left == 0:
+                self.inflight -= 1
+                self.frames_inflight -= len(running.chunk)
+                out.append((running.chunk, running.out, running.tag))
         return out
 
     def close(self) -> None:
-        if self._queue is not None:
-            self._queue.wait_all()
-            self._queue = None
+        for queue in self._queues.values():
+            queue.wait_all()
+        if self._queues:
+            self._queues = {}
             os.close(self._rfd)
             os.close(self._wfd)
+
+
+class _Running:
+    """A batch in flight: its results gather in `out` as its requests finish."""
+
+    __slots__ = ("chunk", "left", "out", "tag")
+
+    def __init__(self, chunk: messages.Batch, tag: Any, out: np.ndarray) -> None:
+        self.chunk = chunk
+        self.tag = tag
+        self.out = out
+        self.left = 0
 
 
 class FrameQueue:

@@ -5,9 +5,10 @@
 
 The head (`ovstream run ... --workers tcp://ADDR:PORT`) binds the endpoint; a worker connects, says
 hello with its model's identity (name, precision, sha256 of model.xml and model.bin), and once
-the head welcomes it compiles the model (THROUGHPUT hint, a batch axis of up to the head's
---max-batch) and announces how many requests it runs at once. From then on it receives batches,
-one per free request, and sends each one's outputs back. It outlives the head's runs: when the
+the head welcomes it compiles the model (THROUGHPUT hint, for requests of up to 4 frames and of
+one, as the head does: stream/inference.py) and announces how many batches it runs at once. From
+then on it receives batches of up to the head's --max-batch, one per free place, and sends each
+one's outputs back. It outlives the head's runs: when the
 head goes away (or forgets it) it says hello again until a head answers. A head that runs
 another model refuses it, and the worker exits with one line (exit 2). Ctrl-C or SIGTERM: it
 finishes what it holds, says goodbye and exits 0.
@@ -30,7 +31,7 @@ import zmq
 from stream.errors import UserError
 from stream.geometry import FRAME_FORMATS
 from stream.inference import LocalRequests, captured_stderr
-from stream.model import compile_model, load_info
+from stream.model import compile_batches, load_info, request_batch
 from stream.remote.dispatch import DEFAULT_WORKER_TIMEOUT_S, HEARTBEAT_S
 from stream.run import add_requests_argument
 from stream.stages.preprocess import MAX_BATCH_LIMIT
@@ -163,13 +164,19 @@ class Worker:
                 self.local.close()
             config = {"INFERENCE_NUM_THREADS": self.args.threads} if self.args.threads else {}
             with captured_stderr():
-                compiled = compile_model(
-                    self.info, self.args.device, "throughput", config, None, max_batch, frame_format
+                compiled = compile_batches(
+                    self.info,
+                    self.args.device,
+                    "throughput",
+                    config,
+                    None,
+                    (request_batch(max_batch), 1),
+                    frame_format,
                 )
             nreq = self.args.requests or int(
-                compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+                compiled[0].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
             )
-            self.local = LocalRequests(compiled, nreq)
+            self.local = LocalRequests(compiled, nreq, max_batch)
             self.compiled_batch = max_batch
             self.frame_format = frame_format
             log.info("worker: %s %s, %d requests", self.info.name, self.info.precision, nreq)

@@ -2,11 +2,13 @@
 optionally remote workers (`--workers`) that run the same model on other machines.
 
 Frames arrive in batches (TENSOR messages of whatever preprocess found waiting) and are queued
-here; whenever requests are free, the queued frames are shared among them, each request taking
-up to `max_batch` frames as one inference on the IR's dynamic batch axis. Shared, not filled: with
-8 frames queued and 2 requests free each takes 4, and a frame that is alone goes alone, so nothing
-waits for a batch to fill and a live source's latency does not grow. The queue holds at most
-`max_batch` frames beyond the requests in flight; the socket in front of it is the backpressure.
+here; whenever requests are free, the queued frames are shared among them, each taking up to
+`max_batch` frames. Shared, not filled: with 8 frames queued and 2 requests free each takes 4,
+and a frame that is alone goes alone, so nothing waits for a batch to fill and a live source's
+latency does not grow. The queue holds at most `max_batch` frames beyond the requests in flight;
+the socket in front of it is the backpressure. A local batch runs on OpenVINO as requests of 4
+frames on a model compiled for exactly 4, and what is left over one frame a request on one
+compiled for 1 (`stream.inference.LocalRequests`): static shapes run faster than a batch axis.
 
 A request is a local one (stream/inference.py `LocalRequests`) or a free request of a remote
 worker (stream/remote/dispatch.py `RemoteWorkers`, handed out by credit); a batch goes to whichever
@@ -28,7 +30,7 @@ from typing import Any
 import zmq
 
 from stream.inference import FrameQueue, LocalRequests, captured_stderr
-from stream.model import compile_model, load_info
+from stream.model import compile_batches, load_info, request_batch
 from stream.stages.base import STATS_INTERVAL_S, Stage, StreamTracker
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.wire import messages
@@ -101,12 +103,14 @@ class InferStage(Stage):
         max_batch = max(1, cfg.max_batch)
         nreq = 0
         if cfg.local:
+            batches = (request_batch(max_batch), 1)
             with captured_stderr():  # a broken IR makes the frontends print; compile_model says
-                compiled = compile_model(
-                    info, cfg.device, cfg.mode, cfg.ov_config, None, max_batch, cfg.frame_format
+                compiled = compile_batches(
+                    info, cfg.device, cfg.mode, cfg.ov_config, None, batches, cfg.frame_format
                 )
-            nreq = cfg.requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            self._local = LocalRequests(compiled, nreq)
+            optimal = compiled[0].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+            nreq = cfg.requests or int(optimal)
+            self._local = LocalRequests(compiled, nreq, max_batch)
         if cfg.workers:
             self._remote = self._open_workers(info, max_batch)
         self._in = self.socket(zmq.PULL, "tensors", bind=True)

@@ -44,9 +44,9 @@ def test_the_i420_model_converts_as_opencv_does(model, photos):
     """The same I420 planes: through the compiled model's own conversion, or converted to BGR by
     OpenCV and run on the BGR model, give the same classes and nearly the same scores."""
     info = load_info(model)
-    bgr = compile_model(info, max_batch=2)
-    i420 = compile_model(info, max_batch=2, frame_format="i420")
-    assert str(i420.inputs[0].get_partial_shape()) == "[1..2,336,224,1]"
+    bgr = compile_model(info, batch=2)
+    i420 = compile_model(info, batch=2, frame_format="i420")
+    assert str(i420.inputs[0].get_partial_shape()) == "[2,336,224,1]"
     images = np.stack([prepare(photos[name], Geometry()) for name in ("chelsea", "coffee")])
     planes = np.stack([to_frame_format(image, "i420") for image in images])
     via_opencv = np.stack([cv2.cvtColor(p[..., 0], cv2.COLOR_YUV2BGR_I420) for p in planes])
