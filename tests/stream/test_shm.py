@@ -226,6 +226,37 @@ def test_a_full_pool_waits_for_a_burst_of_free_slots(tmp_path):
     assert pool.acquire() in (0, 2)  # the other freed one, without waiting
 
 
+def test_a_waiting_capture_is_woken_by_the_process_that_frees_slots(tmp_path, monkeypatch):
+    """A capture with every slot in flight sleeps on its pool's wake-up pipe until another
+    process frees slots: it is woken by that process, not by looking again on a timer."""
+    monkeypatch.setattr(shm, "WAKE_TIMEOUT_S", 60.0)  # a timer would not wake it in this test
+    pool = shm.FramePool.create(tmp_path, SHAPE, slots=4)
+    for _ in range(4):
+        pool.acquire()
+    freer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from stream.wire import shm; "
+            f"pool = shm.FramePool.attach({str(tmp_path)!r}, {pool.name!r}); "
+            "deadline = time.monotonic() + 20\n"
+            "while not pool._mm[shm.WAITING_AT] and time.monotonic() < deadline: time.sleep(0.01)\n"
+            "pool.release([1, 3])",
+        ],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
+    looks = []
+    try:
+        slot = pool.wait(lambda: looks.append(1) or False, timeout_s=30, resume=2)
+    finally:
+        assert freer.wait(timeout=30) == 0
+    assert slot in (1, 3)
+    assert len(looks) <= 2, len(looks)  # woken once (twice if the release came first)
+    assert pool._mm[shm.WAITING_AT] == 0
+    assert (tmp_path / f"{os.getpid()}.wake").exists()
+    pool.close()
+
+
 def test_a_file_capture_sends_frames_in_batches_and_never_holds_any_while_it_waits(
     clip_factory, tmp_path, zctx
 ):
