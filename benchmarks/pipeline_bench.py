@@ -51,8 +51,9 @@ from model_prep.ceiling import WARMUP_S, Ceiling, honest_ceiling, pure_throughpu
 from stream import Pipeline, PipelineConfig  # noqa: E402
 from stream.config import FRAME_FORMAT_CHOICES, resolve_frame_format  # noqa: E402
 from stream.geometry import prepare  # noqa: E402
-from stream.model import ModelInfo, compile_model, load_info  # noqa: E402
+from stream.model import ModelInfo, compile_model, load_info, request_batch  # noqa: E402
 from stream.sources.decode import WindowScaler  # noqa: E402
+from stream.stages.preprocess import DEFAULT_MAX_BATCH  # noqa: E402
 
 PACE_BURST = 8
 """Frames the paced decoder of `shared_cores` decodes each time it wakes."""
@@ -87,6 +88,18 @@ def pure_inference(compiled: Any, info: ModelInfo, device: str, seconds: float) 
     benchmark_app measures it, and benchmark_app itself on the same IR between two runs of
     ours."""
     return honest_ceiling(compiled, random_frame(info), seconds, info.xml, device)
+
+
+def own_requests(info: ModelInfo, device: str, fmt: str, seconds: float) -> dict[str, float]:
+    """Pure inference (`pure_throughput`) of OpenVINO as infer runs it: requests of
+    `request_batch` frames of the default --max-batch, on the model compiled for exactly that
+    many, taking frames of `fmt`."""
+    batch = request_batch(DEFAULT_MAX_BATCH)
+    compiled = compile_model(info, device, "throughput", batch=batch, frame_format=fmt)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (batch, *info.geometry.frame_shape(fmt)), dtype=np.uint8)
+    run = pure_throughput(compiled, frames, seconds)
+    return {"batch": batch, "pure_fps": run.fps, "pure_cpu_ms": run.cpu_ms_per_frame}
 
 
 def decode_cpu_per_frame(clip: Path, info: ModelInfo, scale: bool, fmt: str = "bgr") -> float:
@@ -347,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         limit = 1.0 / (1.0 / pure + decode / cores)
         shared = shared_cores(compiled, info, clip, fmt, limit, args.pure_seconds)
         del compiled  # gone before the pipeline runs: this process's memory counts in its peak
+        own = own_requests(info, args.device, fmt, args.pure_seconds)
         pipe = pipeline_run(clip, str(info.path), args.device, workdir, streams, fmt)
         naive = naive_loop_fps(clip, info, args.device)
         row = {
@@ -382,6 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         row["limit_shared_fps"] = cores * 1e3 / (shared["decode_scale_ms"] + shared["pure_cpu_ms"])
         row["ratio_shared"] = pipe["fps"] / row["limit_shared_fps"]
+        # OpenVINO as the pipeline runs it: requests of its batch, static, in its frame format.
+        row["own"] = own
+        row["limit_own_fps"] = 1.0 / (1.0 / own["pure_fps"] + decode / cores)
+        row["ratio_own"] = pipe["fps"] / row["limit_own_fps"]
+        row["overhead_own_ms"] = (
+            row["cpu_ms_total"] - decode_scale * 1e3 - own["pure_cpu_ms"] if ms else None
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -449,6 +470,22 @@ def main(argv: list[str] | None = None) -> int:
             rest = r["overhead_ms"] - r["sharing_ms"]
             line += f"; overhead {r['overhead_ms']:.2f} = sharing {r['sharing_ms']:.2f}"
             line += f" + the rest {rest:.2f} ms"
+        print(line)
+    print(
+        "\nOpenVINO as the pipeline runs it: pure inference (as above) of requests of"
+        f" {request_batch(DEFAULT_MAX_BATCH)} frames on the model compiled for that many, taking"
+        f" {fmt} frames (benchmark_app's figure above is for 1 BGR frame a request); the limit,"
+        " ratio and overhead against it:"
+    )
+    for r in rows:
+        own = r["own"]
+        line = (
+            f"{r['clip']:>11}  pure {own['pure_fps']:.1f} FPS, {own['pure_cpu_ms']:.2f} ms a frame;"
+            f" limit {r['limit_own_fps']:.1f}, pipeline {r['pipeline_fps']:.1f}"
+            f" = {r['ratio_own']:.2f} of it"
+        )
+        if r["overhead_own_ms"] is not None:
+            line += f"; overhead {r['overhead_own_ms']:.2f} ms"
         print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

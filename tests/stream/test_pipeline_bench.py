@@ -94,6 +94,16 @@ def test_pipeline_bench_reports_every_figure(model, tmp_path):
     )
     assert row["ratio_shared"] == pytest.approx(row["pipeline_fps"] / row["limit_shared_fps"])
     assert "Sharing the cores" in proc.stdout
+    # OpenVINO as the pipeline runs it (requests of 4 on the model compiled for 4, i420 frames):
+    # a second limit and overhead against it.
+    own = row["own"]
+    assert own["batch"] == 4 and own["pure_fps"] > 0 and own["pure_cpu_ms"] > 0
+    assert row["ratio_own"] == pytest.approx(row["pipeline_fps"] / row["limit_own_fps"])
+    if row["stage_ms"]:
+        assert row["overhead_own_ms"] == pytest.approx(
+            row["cpu_ms_total"] - row["decode_scale_ms"] - own["pure_cpu_ms"]
+        )
+    assert "OpenVINO as the pipeline runs it" in proc.stdout
     assert set(row["stage_cpu_s"]) == {
         "capture[bench_320x180_25fps_40f_0]",
         "preprocess",
