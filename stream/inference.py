@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,18 +70,22 @@ class LocalRequests:
         self._done: collections.deque = collections.deque()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
-        done, wfd = self._done, self._wfd
+        done, wfd, lock = self._done, self._wfd, threading.Lock()
 
         def on_done(request: Any, userdata: tuple[_Running, int]) -> None:
             # Runs on an OpenVINO thread: copy now, the request is reused for the next frames.
+            # The owner is woken once a batch, by its last request.
             running, at = userdata
             try:
                 data = request.get_output_tensor(0).data
                 running.out[at : at + len(data)] = data.reshape(len(data), -1)
-                error = None
             except Exception as exc:  # raised by finished(), on the owner's thread
-                error = exc
-            done.append((running, error))
+                running.error = exc
+            with lock:
+                running.left -= 1
+                if running.left:
+                    return
+            done.append(running)
             os.write(wfd, b"\0")
 
         # Room for `requests` batches of max_batch frames at once, so start_async never blocks.
@@ -125,14 +130,12 @@ class LocalRequests:
             os.read(self._rfd, 4096)
         out = []
         while self._done:
-            running, error = self._done.popleft()
-            if error is not None:
-                raise RuntimeError(f"inference failed: {error}")
-            running.left -= 1
-            if running.left == 0:
-                self.inflight -= 1
-                self.frames_inflight -= len(running.chunk)
-                out.append((running.chunk, running.out, running.tag))
+            running = self._done.popleft()
+            self.inflight -= 1
+            self.frames_inflight -= len(running.chunk)
+            if running.error is not None:
+                raise RuntimeError(f"inference failed: {running.error}")
+            out.append((running.chunk, running.out, running.tag))
         return out
 
     def close(self) -> None:
@@ -147,13 +150,15 @@ class LocalRequests:
 class _Running:
     """A batch in flight: its results gather in `out` as its requests finish."""
 
-    __slots__ = ("chunk", "left", "out", "tag")
+    __slots__ = ("chunk", "error", "left", "out", "tag")
 
     def __init__(self, chunk: messages.Batch, tag: Any, out: np.ndarray) -> None:
         self.chunk = chunk
         self.tag = tag
         self.out = out
         self.left = 0
+        """Its requests not yet finished (counted down on OpenVINO's threads, under a lock)."""
+        self.error: Exception | None = None
 
 
 class FrameQueue:
