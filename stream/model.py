@@ -167,8 +167,8 @@ def compile_batches(
     batches: tuple[int, ...],
     frame_format: str = "bgr",
 ) -> list[Any]:
-    """`compile_model` once for each of `batches`, reading the IR once. An IR whose batch is
-    fixed compiles once, as it is."""
+    """`compile_model` once for each of `batches` (once for a size given twice), reading the IR
+    once. An IR whose batch is fixed compiles once, as it is."""
     import openvino as ov
 
     core = core or ov.Core()
@@ -177,14 +177,13 @@ def compile_batches(
     props.update(config or {})
     try:
         model = core.read_model(info.xml)
-        if not model.inputs[0].get_partial_shape()[0].is_dynamic:
-            batches = batches[:1]
+        dynamic = model.inputs[0].get_partial_shape()[0].is_dynamic
         compiled = []
-        for batch in batches:
+        for batch in dict.fromkeys(batches) if dynamic else batches[:1]:
             sized = model.clone()
-            if model.inputs[0].get_partial_shape()[0].is_dynamic:
-                geometry = info.geometry
-                sized.reshape(ov.PartialShape([batch, geometry.height, geometry.width, 3]))
+            if dynamic:
+                g = info.geometry
+                sized.reshape(ov.PartialShape([batch, g.height, g.width, 3]))
             if frame_format == "i420":
                 sized = i420_input(sized, info.geometry)
             compiled.append(core.compile_model(sized, device, props))

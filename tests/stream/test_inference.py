@@ -78,6 +78,7 @@ def test_a_batch_runs_in_requests_of_four_and_of_one_and_each_frame_gets_its_res
 def test_max_batch_one_runs_a_request_per_frame(model, photos):
     info = load_info(model)
     compiled = compile_batches(info, "CPU", "latency", None, None, (request_batch(1), 1))
+    assert len(compiled) == 1  # one model, for one frame
     requests = LocalRequests(compiled, 1, max_batch=1)
     assert requests.batch == 1
     images = frames(photos, 3)
