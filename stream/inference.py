@@ -53,7 +53,13 @@ class LocalRequests:
     def __init__(self, compiled: list[Any], requests: int, max_batch: int) -> None:
         """`compiled`: the model for requests of several frames and the one for a single frame
         (`stream.model.compile_batches`), or one model for a single frame; `max_batch`: the
-        most frames a batch has (it sizes the request pools so that `start` never waits)."""
+        most frames a batch has (it sizes the request pools so that `start` never waits).
+
+        Once this is made, its requests should hold the only references to the compiled models,
+        so that `close` destroys them inside AsyncInferQueue's destructor, which releases the
+        GIL. A compiled model whose last reference goes in Python code, GIL held, waits for its
+        threads, and one of them may be waiting for the GIL to drop the callback: a test that
+        kept its list of models hung in 2 of 12 runs (OpenVINO 2026.4.1)."""
         import openvino as ov
 
         self.requests = requests
