@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.model import ModelInfo, compile_batches, request_batch
 from stream.wire import messages
 from stream.wire.shm import PoolSet, frame_shape
 
@@ -55,11 +56,12 @@ class LocalRequests:
         (`stream.model.compile_batches`), or one model for a single frame; `max_batch`: the
         most frames a batch has (it sizes the request pools so that `start` never waits).
 
-        Once this is made, its requests should hold the only references to the compiled models,
-        so that `close` destroys them inside AsyncInferQueue's destructor, which releases the
-        GIL. A compiled model whose last reference goes in Python code, GIL held, waits for its
-        threads, and one of them may be waiting for the GIL to drop the callback: a test that
-        kept its list of models hung in 2 of 12 runs (OpenVINO 2026.4.1)."""
+        Once this is made, its requests should hold the only references to the compiled models
+        (`compile` sees to it), so that `close` destroys them inside AsyncInferQueue's
+        destructor, which releases the GIL. A compiled model whose last reference goes in Python
+        code, GIL held, waits for its threads, and one of them may be waiting for the GIL to drop
+        the callback: a test that kept its list of models hung in 2 of 12 runs (OpenVINO
+        2026.4.1)."""
         import openvino as ov
 
         self.requests = requests
@@ -103,6 +105,26 @@ class LocalRequests:
             queue = ov.AsyncInferQueue(by_size[size], count)
             queue.set_callback(on_done)
             self._queues[size] = queue
+
+    @classmethod
+    def compile(
+        cls,
+        info: ModelInfo,
+        device: str,
+        mode: str,
+        config: dict[str, Any] | None,
+        max_batch: int,
+        frame_format: str,
+        requests: int = 0,
+    ) -> LocalRequests:
+        """The model compiled for requests of `request_batch(max_batch)` frames and of one
+        (`stream.model.compile_batches`), `requests` batches at once (0: the device's
+        OPTIMAL_NUMBER_OF_INFER_REQUESTS); the compiled models live only in the requests."""
+        batches = (request_batch(max_batch), 1)
+        with captured_stderr():  # a broken IR makes the frontends print; compile_batches says
+            compiled = compile_batches(info, device, mode, config, None, batches, frame_format)
+        optimal = compiled[0].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        return cls(compiled, requests or int(optimal), max_batch)
 
     @property
     def fd(self) -> int:

@@ -30,8 +30,8 @@ import zmq
 
 from stream.errors import UserError
 from stream.geometry import FRAME_FORMATS
-from stream.inference import LocalRequests, captured_stderr
-from stream.model import compile_batches, load_info, request_batch
+from stream.inference import LocalRequests
+from stream.model import load_info
 from stream.remote.dispatch import DEFAULT_WORKER_TIMEOUT_S, HEARTBEAT_S
 from stream.run import add_requests_argument
 from stream.stages.preprocess import MAX_BATCH_LIMIT
@@ -163,20 +163,16 @@ class Worker:
             if self.local is not None:
                 self.local.close()
             config = {"INFERENCE_NUM_THREADS": self.args.threads} if self.args.threads else {}
-            with captured_stderr():
-                compiled = compile_batches(
-                    self.info,
-                    self.args.device,
-                    "throughput",
-                    config,
-                    None,
-                    (request_batch(max_batch), 1),
-                    frame_format,
-                )
-            nreq = self.args.requests or int(
-                compiled[0].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+            self.local = LocalRequests.compile(
+                self.info,
+                self.args.device,
+                "throughput",
+                config,
+                max_batch,
+                frame_format,
+                self.args.requests,
             )
-            self.local = LocalRequests(compiled, nreq, max_batch)
+            nreq = self.local.requests
             self.compiled_batch = max_batch
             self.frame_format = frame_format
             log.info("worker: %s %s, %d requests", self.info.name, self.info.precision, nreq)

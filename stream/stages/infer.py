@@ -29,8 +29,8 @@ from typing import Any
 
 import zmq
 
-from stream.inference import FrameQueue, LocalRequests, captured_stderr
-from stream.model import compile_batches, load_info, request_batch
+from stream.inference import FrameQueue, LocalRequests
+from stream.model import load_info
 from stream.stages.base import STATS_INTERVAL_S, Stage, StreamTracker
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.wire import messages
@@ -103,14 +103,10 @@ class InferStage(Stage):
         max_batch = max(1, cfg.max_batch)
         nreq = 0
         if cfg.local:
-            batches = (request_batch(max_batch), 1)
-            with captured_stderr():  # a broken IR makes the frontends print; compile_model says
-                compiled = compile_batches(
-                    info, cfg.device, cfg.mode, cfg.ov_config, None, batches, cfg.frame_format
-                )
-            optimal = compiled[0].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-            nreq = cfg.requests or int(optimal)
-            self._local = LocalRequests(compiled, nreq, max_batch)
+            self._local = LocalRequests.compile(
+                info, cfg.device, cfg.mode, cfg.ov_config, max_batch, cfg.frame_format, cfg.requests
+            )
+            nreq = self._local.requests
         if cfg.workers:
             self._remote = self._open_workers(info, max_batch)
         self._in = self.socket(zmq.PULL, "tensors", bind=True)

@@ -255,12 +255,11 @@ class FramePool:
 
     def _wake(self) -> None:
         """One byte down the wake-up pipe (nothing if it is gone or already full)."""
-        try:
+        # No pipe, or no reader (the capture has gone), or full: it wakes anyway.
+        with contextlib.suppress(OSError):
             if self._wake_w is None:
                 self._wake_w = os.open(self._wake_path, os.O_WRONLY | os.O_NONBLOCK)
             os.write(self._wake_w, b"\0")
-        except OSError:  # no pipe, or no reader (the capture has gone), or full: it wakes anyway
-            pass
 
     def close(self) -> None:
         """Close the wake-up pipe's ends held here (the pool's memory goes with the object)."""

@@ -59,9 +59,9 @@ def test_a_batch_runs_in_requests_of_four_and_of_one_and_each_frame_gets_its_res
     images = frames(photos, 8)
     alone = np.concatenate([single(images[k : k + 1])[0] for k in range(8)])
 
-    requests = LocalRequests(compiled, 2, max_batch=8)
-    del compiled  # the requests hold the only references: see LocalRequests
-    assert requests.batch == 4
+    del compiled  # no requests on these: they may go here
+    requests = LocalRequests.compile(info, "CPU", "throughput", None, 8, "bgr", requests=2)
+    assert requests.batch == 4 and requests.requests == 2
     sizes = [8, 7, 5, 4, 3, 1, 8, 8]  # two requests of 4; 4 and 3 of one; ...; two full at once
     starts = np.cumsum([0, *sizes])
     batches = [np.roll(images, -int(s), axis=0)[:n] for s, n in zip(starts, sizes, strict=False)]
@@ -80,8 +80,8 @@ def test_max_batch_one_runs_a_request_per_frame(model, photos):
     info = load_info(model)
     compiled = compile_batches(info, "CPU", "latency", None, None, (request_batch(1), 1))
     assert len(compiled) == 1  # one model, for one frame
-    requests = LocalRequests(compiled, 1, max_batch=1)
     del compiled
+    requests = LocalRequests.compile(info, "CPU", "latency", None, 1, "bgr", requests=1)
     assert requests.batch == 1
     images = frames(photos, 3)
     results = run_all(requests, [images[k : k + 1] for k in range(3)])
