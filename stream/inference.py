@@ -1,20 +1,21 @@
 """Running batches on OpenVINO from a ZeroMQ event loop: shared by the infer stage and by
 remote workers (`ovstream worker`).
 
-`LocalRequests` runs batches on two AsyncInferQueues, one of requests of 4 frames and one of
-single frames: OpenVINO's callback threads copy each request's outputs into its batch's results
-(the request is reused right after) and wake the owner through a pipe, which its ZeroMQ poller
-watches next to its sockets. `FrameQueue` holds frames waiting for a request.
+`LocalRequests` runs a batch as requests of 4 frames and of single frames; the last request of
+each batch writes its number to a pipe when it is done, which the owner's ZeroMQ poller watches
+next to its sockets, and the owner then collects the batch's outputs. `FrameQueue` holds frames
+waiting for a request.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
+import struct
 import tempfile
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,19 +50,28 @@ class LocalRequests:
     """Batches run on OpenVINO, `requests` at a time. A batch runs as requests of `batch` frames
     (`stream.model.REQUEST_BATCH`) on a model compiled for exactly that many, and the frames left
     over one a request on a model compiled for one; its results come back together once all its
-    requests are done."""
+    requests are done.
+
+    Only a batch's last request wakes the owner: its callback is `os.write` of the request's
+    number to a pipe (a builtin: no Python frame on OpenVINO's thread, the GIL held for one
+    system call), and the batch's other requests have no Python callback at all. The owner,
+    woken by the pipe, waits on the batch's requests (started before the last one, they are done
+    or nearly) and copies their outputs. Before, every request's Python callback copied its
+    outputs on OpenVINO's callback thread: the GIL passed between that thread and the owner at
+    each of them."""
 
     def __init__(self, compiled: list[Any], requests: int, max_batch: int) -> None:
         """`compiled`: the model for requests of several frames and the one for a single frame
         (`stream.model.compile_batches`), or one model for a single frame; `max_batch`: the
-        most frames a batch has (it sizes the request pools so that `start` never waits).
+        most frames a batch has (it sizes the request pools so that one is always free for
+        `start`).
 
         Once this is made, its requests should hold the only references to the compiled models
-        (`compile` sees to it), so that `close` destroys them inside AsyncInferQueue's
-        destructor, which releases the GIL. A compiled model whose last reference goes in Python
-        code, GIL held, waits for its threads, and one of them may be waiting for the GIL to drop
-        the callback: a test that kept its list of models hung in 2 of 12 runs (OpenVINO
-        2026.4.1)."""
+        (`compile` sees to it): a request's C++ side is deleted with the GIL released, and the
+        last of them takes its compiled model along. A compiled model whose last reference goes
+        in Python code, GIL held, waits for its threads, and one of them may be waiting for the
+        GIL to drop a callback: a test that kept its list of models hung in 2 of 12 runs
+        (OpenVINO 2026.4.1)."""
         import openvino as ov
 
         self.requests = requests
@@ -75,36 +85,41 @@ class LocalRequests:
         out = compiled[0].output(0)
         self._classes = int(np.prod([d.get_length() for d in list(out.get_partial_shape())[1:]]))
         self._dtype = out.get_element_type().to_dtype()
-        self._done: collections.deque = collections.deque()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
-        done, wfd, lock = self._done, self._wfd, threading.Lock()
-
-        def on_done(request: Any, userdata: tuple[_Running, int]) -> None:
-            # Runs on an OpenVINO thread: copy now, the request is reused for the next frames.
-            # The owner is woken once a batch, by its last request.
-            running, at = userdata
-            try:
-                data = request.get_output_tensor(0).data
-                running.out[at : at + len(data)] = data.reshape(len(data), -1)
-            except Exception as exc:  # raised by finished(), on the owner's thread
-                running.error = exc
-            with lock:
-                running.left -= 1
-                if running.left:
-                    return
-            done.append(running)
-            os.write(wfd, b"\0")
-
-        # Room for `requests` batches of max_batch frames at once, so start_async never blocks.
-        pools = {self.batch: requests * max(1, max_batch // self.batch)}
-        if self.batch > 1 and 1 in by_size:
-            pools[1] = requests * min(self.batch - 1, max_batch)
-        self._queues: dict[int, Any] = {}
-        for size, count in pools.items():
-            queue = ov.AsyncInferQueue(by_size[size], count)
-            queue.set_callback(on_done)
-            self._queues[size] = queue
+        self._singles = 1 in by_size and self.batch > 1
+        # A batch of max_batch frames has up to max_batch // batch requests of `batch` frames
+        # and batch - 1 of one; each size has a waking pool (one request a batch) and a silent
+        # one (the rest), `requests` batches' worth, so that `start` never finds a pool empty.
+        per_batch = {self.batch: max(1, max_batch // self.batch)}
+        if self._singles:
+            per_batch[1] = min(self.batch - 1, max_batch)
+        wake = functools.partial(os.write, self._wfd)
+        self._all: list[Any] = []
+        """Every request, by number."""
+        self._silent: dict[int, list[int]] = {}
+        self._waking: dict[int, list[int]] = {}
+        self._running: list[_Running | None] = []
+        """The batch each request is running for."""
+        self._size: list[int] = []
+        for size, count in per_batch.items():
+            for pool, n, waking in ((self._silent, count, False), (self._waking, 1, True)):
+                pool[size] = []
+                for _ in range(requests * n):
+                    number = len(self._all)
+                    request = by_size[size].create_infer_request()
+                    if waking:
+                        request.set_callback(wake, _NUMBER.pack(number))
+                    self._all.append(request)
+                    self._running.append(None)
+                    self._size.append(size)
+                    pool[size].append(number)
+        if len(self._all) > 1 << 16:
+            raise ValueError(f"{len(self._all)} infer requests: at most 65536")
+        # The pybind calls themselves: the Python wrapper's input dispatch costs 8 us a
+        # request, a Tensor on the frames' memory 1.6 us.
+        self._start_async = ov._pyopenvino.InferRequest.start_async
+        self._tensor = ov.Tensor
 
     @classmethod
     def compile(
@@ -128,7 +143,7 @@ class LocalRequests:
 
     @property
     def fd(self) -> int:
-        """Readable when a batch's request finished (for a zmq.Poller)."""
+        """Readable when a batch's last request finished (for a zmq.Poller)."""
         return self._rfd
 
     @property
@@ -139,54 +154,78 @@ class LocalRequests:
         """Run `chunk` (its data: the model inputs, N frames); `tag` comes back with its
         outputs."""
         data, n, size = chunk.data, len(chunk), self.batch
-        full = n - n % size if 1 in self._queues else n
+        if not data.flags.c_contiguous:
+            data = np.ascontiguousarray(data)
+        full = n - n % size if self._singles else n
         running = _Running(chunk, tag, np.empty((n, self._classes), self._dtype))
-        running.left = full // size + (n - full)
-        for at in range(0, full, size):
-            self._queues[size].start_async(
-                {0: data[at : at + size]}, (running, at), share_inputs=True
-            )
-        for at in range(full, n):
-            self._queues[1].start_async({0: data[at : at + 1]}, (running, at), share_inputs=True)
+        parts = [(at, size) for at in range(0, full, size)]
+        parts += [(at, 1) for at in range(full, n)]
+        start, tensor, requests = self._start_async, self._tensor, self._all
+        last = len(parts) - 1
+        for i, (at, k) in enumerate(parts):
+            number = (self._waking if i == last else self._silent)[k].pop()
+            self._running[number] = running
+            running.numbers.append((number, at))
+            start(requests[number], tensor(data[at : at + k], shared_memory=True), None)
         self.inflight += 1
         self.frames_inflight += n
 
     def finished(self) -> list[tuple[messages.Batch, Any, Any]]:
         """(batch, outputs [N, classes], tag) of every batch finished since the last call;
         RuntimeError if an inference failed."""
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._rfd, 4096)
+        try:
+            woken = os.read(self._rfd, 1 << 16)
+        except BlockingIOError:
+            return []
         out = []
-        while self._done:
-            running = self._done.popleft()
+        for (last,) in _NUMBER.iter_unpack(woken):
+            running = self._running[last]
+            assert running is not None
+            for number, at in running.numbers:
+                request = self._all[number]
+                try:
+                    # Done, or nearly: started before the last one. Also waits out the last
+                    # one's callback, which must return before the request runs again.
+                    request.wait()
+                    data = request.get_output_tensor(0).data
+                except Exception as exc:
+                    raise RuntimeError(f"inference failed: {exc}") from None
+                running.out[at : at + len(data)] = data.reshape(len(data), -1)
+                self._running[number] = None
+                pool = self._waking if number == last else self._silent
+                pool[self._size[number]].append(number)
             self.inflight -= 1
             self.frames_inflight -= len(running.chunk)
-            if running.error is not None:
-                raise RuntimeError(f"inference failed: {running.error}")
             out.append((running.chunk, running.out, running.tag))
         return out
 
     def close(self) -> None:
-        for queue in self._queues.values():
-            queue.wait_all()
-        if self._queues:
-            self._queues = {}
+        if self._all:
+            for request in self._all:
+                with contextlib.suppress(Exception):  # a failed one: the run ends anyway
+                    request.wait()
+            self._running = []
+            self._all = []  # each request is deleted with the GIL released
             os.close(self._rfd)
             os.close(self._wfd)
 
 
-class _Running:
-    """A batch in flight: its results gather in `out` as its requests finish."""
+_NUMBER = struct.Struct("=H")
+"""A request's number, as its callback writes it to the wake-up pipe (a write of 2 bytes is
+atomic, so the pipe always holds whole numbers)."""
 
-    __slots__ = ("chunk", "error", "left", "out", "tag")
+
+class _Running:
+    """A batch in flight: its results gather in `out` once its requests are done."""
+
+    __slots__ = ("chunk", "numbers", "out", "tag")
 
     def __init__(self, chunk: messages.Batch, tag: Any, out: np.ndarray) -> None:
         self.chunk = chunk
         self.tag = tag
         self.out = out
-        self.left = 0
-        """Its requests not yet finished (counted down on OpenVINO's threads, under a lock)."""
-        self.error: Exception | None = None
+        self.numbers: list[tuple[int, int]] = []
+        """(request number, first frame) of each of its requests, the waking one last."""
 
 
 class FrameQueue:
