@@ -24,6 +24,7 @@ from stream.pipeline import Pipeline, PipelineConfig, PipelineError
 from stream.progress import Progress, print_summary, result_line
 from stream.sources.config_file import ConfigError, load_sources_file
 from stream.sources.live_options import LiveOptions
+from stream.stages.capture import THREAD_TYPES
 from stream.stages.preprocess import DEFAULT_MAX_BATCH
 from stream.stages.publish import DEFAULT_PUBLISH
 from stream.wire.transport import TransportConfig
@@ -87,6 +88,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         "OpenVINO converts it inside the model), bgr, or auto (default: i420 where the model's "
         "input size is even)",
     )
+    parser.add_argument(
+        "--decoder-threads",
+        choices=THREAD_TYPES,
+        default="AUTO",
+        help="FFmpeg's decoder threads: AUTO (default: frame threads, but one thread a decoder "
+        "when there are at least as many decoders as cores), FRAME, SLICE or NONE (one thread)",
+    )
     remote = parser.add_argument_group("remote infer workers (ovstream worker)")
     remote.add_argument(
         "--workers",
@@ -141,6 +149,7 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "requests": args.requests,
         "max_batch": args.max_batch,
         "frame_format": args.frame_format,
+        "decoder_threads": args.decoder_threads,
         "workers": args.workers,
         "local_infer": args.local_infer,
         "worker_timeout_s": args.worker_timeout,

@@ -21,6 +21,11 @@ USAGE_ERRORS = [
         "(see ovstream run --help)",
     ),
     (
+        ["run", "x.mp4", "--model", "m", "--decoder-threads", "many"],
+        "ovstream: error: argument --decoder-threads: invalid choice: 'many' (choose from 'AUTO', "
+        "'FRAME', 'SLICE', 'NONE') (see ovstream run --help)",
+    ),
+    (
         ["run", "x.mp4"],
         "ovstream: error: the following arguments are required: --model/-m "
         "(see ovstream run --help)",

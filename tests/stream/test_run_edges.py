@@ -59,3 +59,23 @@ def test_the_summary_says_what_publish_could_not_deliver(tmp_path):
     text = out.getvalue()
     assert "ovstream: warning: 3 message(s) not delivered to a subscriber too slow" in text
     assert "ovstream: warning: 4 malformed message(s) rejected" in text
+
+
+def test_decoder_threads_reach_every_capture_of_run_and_batch(tmp_path):
+    import argparse
+
+    from stream import run
+    from stream.geometry import Geometry
+    from stream.jobs import cli as batch_cli
+
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    args = ["a.mp4", "b.mp4", "--model", "m", "--decoder-threads", "NONE"]
+    config = run.config_from_args(parser.parse_args(args))
+    assert {config.capture_config(s, Geometry()).thread_type for s in config.specs} == {"NONE"}
+    assert run.config_from_args(parser.parse_args(args[:4])).decoder_threads == "AUTO"
+
+    parser = argparse.ArgumentParser()
+    batch_cli.add_arguments(parser)
+    args = [str(tmp_path), "-m", "m", "-o", str(tmp_path / "out"), "--decoder-threads", "SLICE"]
+    assert batch_cli.config_from_args(parser.parse_args(args)).decoder_threads == "SLICE"
