@@ -2,9 +2,9 @@
 
 Workers (`ovstream worker`, stream/remote/worker.py) connect a DEALER to the endpoint the head
 binds (`--workers tcp://ADDR:PORT`). The infer stage owns a `RemoteWorkers` next to its own
-AsyncInferQueue and treats a worker's free requests like its own: a batch goes wherever a request
-is free. The conversation, every message in the wire format (stream/wire/messages.py), the
-worker's DEALER identity prepended by the ROUTER:
+requests (`LocalRequests`) and treats a worker's free requests like its own: a batch goes
+wherever a request is free. The conversation, every message in the wire format
+(stream/wire/messages.py), the worker's DEALER identity prepended by the ROUTER:
 
     worker -> head   COMMAND hello {identity, name,        on connecting (and after a reset)
                               frame_formats}

@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Worker:
-    """One worker process: a DEALER to the head and an AsyncInferQueue."""
+    """One worker process: a DEALER to the head and its infer requests (`LocalRequests`)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         from stream.remote.identity import model_identity

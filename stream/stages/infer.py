@@ -1,4 +1,4 @@
-"""Infer stage: OpenVINO in THROUGHPUT mode with an AsyncInferQueue of the optimal size, and
+"""Infer stage: OpenVINO in THROUGHPUT mode with the optimal number of requests in flight, and
 optionally remote workers (`--workers`) that run the same model on other machines.
 
 Frames arrive in batches (TENSOR messages of whatever preprocess found waiting) and are queued
