@@ -172,7 +172,7 @@ class LocalRequests:
 
     def finished(self) -> list[tuple[messages.Batch, Any, Any]]:
         """(batch, outputs [N, classes], tag) of every batch finished since the last call;
-        RuntimeError if an inference failed."""
+        InferenceError if one of their requests failed."""
         try:
             woken = os.read(self._rfd, 1 << 16)
         except BlockingIOError:
@@ -189,7 +189,7 @@ class LocalRequests:
                     request.wait()
                     data = request.get_output_tensor(0).data
                 except Exception as exc:
-                    raise RuntimeError(f"inference failed: {exc}") from None
+                    raise InferenceError(exc) from None
                 running.out[at : at + len(data)] = data.reshape(len(data), -1)
                 self._running[number] = None
                 pool = self._waking if number == last else self._silent
@@ -198,6 +198,18 @@ class LocalRequests:
             self.frames_inflight -= len(running.chunk)
             out.append((running.chunk, running.out, running.tag))
         return out
+
+    def check(self) -> None:
+        """InferenceError if the last request of a batch in flight failed. OpenVINO calls no
+        callback for a failed request, so such a batch would never wake its owner: an owner
+        with batches in flight and nothing else to do calls this (one `wait_for(0)` a batch)."""
+        for number, running in enumerate(self._running):
+            if running is None or running.numbers[-1][0] != number:
+                continue
+            try:
+                self._all[number].wait_for(0)
+            except Exception as exc:
+                raise InferenceError(exc) from None
 
     def close(self) -> None:
         if self._all:
@@ -208,6 +220,16 @@ class LocalRequests:
             self._all = []  # each request is deleted with the GIL released
             os.close(self._rfd)
             os.close(self._wfd)
+
+
+class InferenceError(RuntimeError):
+    """An inference request failed inside OpenVINO; the message is OpenVINO's own reason."""
+
+    def __init__(self, exc: BaseException) -> None:
+        # OpenVINO's text is a stack of "Exception from src/...:N:" lines and its reason last.
+        lines = [line.strip() for line in str(exc).splitlines()]
+        reasons = [line for line in lines if line and not line.startswith("Exception from ")]
+        super().__init__(f"inference failed: {reasons[-1] if reasons else str(exc).strip()}")
 
 
 _NUMBER = struct.Struct("=H")

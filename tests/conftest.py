@@ -94,3 +94,39 @@ def resnet50_random(tmp_path_factory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+def write_failing_model(folder):
+    """A model folder whose IR always fails inside OpenVINO at run time, never at compile time:
+    997 logits reshaped to a row count made from a pixel's value (p + 2 rows a frame never
+    divides 997 elements)."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from stream.geometry import Geometry
+    from stream.model import ModelInfo
+
+    frame = ops.parameter([-1, 224, 224, 3], ov.Type.u8, name="input")
+    one = np.array([1, 1, 1, 1])
+    first = ops.slice(frame, np.array([0, 0, 0, 0]), np.array([2**31, 1, 1, 3]), one)
+    pixels = ops.reshape(ops.convert(first, ov.Type.f32), np.array([-1, 3]), False)
+    logits = ops.matmul(pixels, np.ones((3, 997), np.float32), False, False)
+    n = ops.gather(ops.shape_of(frame), np.array([0]), np.array(0))
+    p = ops.convert(
+        ops.reshape(ops.slice(first, np.array([0, 0, 0, 0]), one, one), [1], False), ov.Type.i64
+    )
+    rows = ops.multiply(n, ops.add(p, np.array([2], np.int64)))
+    bad = ops.reshape(logits, ops.concat([rows, np.array([-1])], 0), False)
+    out = ops.reshape(bad, ops.concat([n, np.array([997])], 0), False)
+    folder.mkdir()
+    ov.save_model(ov.Model([out], [frame], "failing"), folder / "model.xml")
+    ModelInfo(
+        name="failing",
+        arch="failing",
+        precision="FP32",
+        geometry=Geometry(),
+        labels=[f"class {i}" for i in range(997)],
+        source={"kind": "built in tests/conftest.py"},
+    ).save(folder)
+    return folder

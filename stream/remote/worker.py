@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ import zmq
 
 from stream.errors import UserError
 from stream.geometry import FRAME_FORMATS
-from stream.inference import LocalRequests
+from stream.inference import InferenceError, LocalRequests
 from stream.model import load_info
 from stream.remote.dispatch import DEFAULT_WORKER_TIMEOUT_S, HEARTBEAT_S
 from stream.run import add_requests_argument
@@ -195,6 +196,8 @@ class Worker:
                 poller.register(self.local.fd, zmq.POLLIN)
                 registered_fd = self.local.fd
             events = dict(poller.poll(200))
+            if not events and self.local is not None and self.local.inflight:
+                self.local.check()  # a failed request wakes nobody
             if self.stopping and (self.local is None or self.local.inflight == 0):
                 if self.welcomed:
                     self.send("bye")
@@ -320,6 +323,9 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         return worker.serve()
+    except InferenceError as exc:  # the head runs this worker's chunks elsewhere
+        print(f"ovstream: error: worker: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if server is not None:
             server.close()

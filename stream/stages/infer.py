@@ -165,6 +165,8 @@ class InferStage(Stage):
                 polling_input = want_input
             events = dict(poller.poll(self.transport.io_timeout_ms))
             self.tick()
+            if not events and local is not None and local.inflight:
+                local.check()  # a failed request wakes nobody
             finished = []
             if local is not None and local.fd in events:
                 finished += [(chunk, out) for chunk, out, _ in local.finished()]

@@ -20,7 +20,7 @@ import zmq
 from stream.inference import FrameQueue
 from stream.wire import messages
 from stream.wire.transport import free_tcp_port
-from tests.conftest import ROOT, cli_command, run_cli, start_cli
+from tests.conftest import ROOT, cli_command, run_cli, start_cli, write_failing_model
 from tests.remote.conftest import IDENTITY, heard, make_keys, one_frame, say
 from tests.stream.conftest import count_frames, wait_for
 
@@ -632,3 +632,26 @@ def test_a_once_worker_says_hello_again_after_a_reset_and_leaves_when_the_run_en
         ctx.destroy(linger=0)
     assert code == 0, err
     assert "saying hello again" in err and "the head's run ended" in err, err
+
+
+def test_a_worker_whose_inference_fails_exits_with_one_line(clip_factory, tmp_path):
+    """A request OpenVINO failed wakes nobody; the worker must still notice, say why on one line
+    and exit 1 (the head gets its frames back), not keep the chunk forever."""
+    model = write_failing_model(tmp_path / "failing")
+    (video,) = clips(clip_factory, 1, 20, "failing")
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    head = start_cli(
+        "ovstream", "run", str(video), "--model", str(model), "--publish", "none",
+        "--workers", endpoint, "--no-local-infer", "--no-progress",
+    )  # fmt: skip
+    worker = start_cli("ovstream", "worker", "--connect", endpoint, "--model", str(model))
+    try:
+        code, out, err = finish(worker, timeout=60)
+        assert code == 1, err
+        line = one_error_line(err)
+        assert "inference failed: [cpu]reshape" in line, line
+        assert classified(out) == 0
+    finally:
+        worker.kill()
+        head.send_signal(signal.SIGINT)  # nothing left to run its frames: it gives them up
+        finish(head, timeout=60)

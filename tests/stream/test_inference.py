@@ -8,9 +8,10 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 
 from stream.geometry import Geometry, prepare
-from stream.inference import LocalRequests
+from stream.inference import InferenceError, LocalRequests
 from stream.model import compile_batches, compile_model, load_info, request_batch, softmax
 from stream.wire import messages
 
@@ -88,4 +89,52 @@ def test_max_batch_one_runs_a_request_per_frame(model, photos):
     single = compile_model(info, mode="latency")
     for k in range(3):
         assert results[k].argmax() == single(images[k : k + 1])[0].argmax()
+    requests.close()
+
+
+def failing_requests() -> LocalRequests:
+    """Requests of 4 and of 1 on an IR that fails inside OpenVINO when the first pixel of a
+    request's first frame is not 1 (a reshape whose target comes from it); the compiled
+    models live only in the requests, as `LocalRequests.compile` leaves them."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    def model(n: int) -> ov.CompiledModel:
+        frame = ops.parameter([n, 224, 224, 3], ov.Type.u8, name="input")
+        one = np.array([1, 1, 1, 1])
+        pixel = ops.slice(frame, np.array([0, 0, 0, 0]), one, one)
+        p = ops.convert(ops.reshape(pixel, np.array([1]), False), ov.Type.i64)
+        first = ops.slice(frame, np.array([0, 0, 0, 0]), np.array([n, 1, 1, 3]), one)
+        pixels = ops.reshape(ops.convert(first, ov.Type.f32), np.array([n, 3]), False)
+        logits = ops.matmul(pixels, np.ones((3, 1000), np.float32), False, False)
+        target = ops.concat([ops.multiply(p, np.array([n], np.int64)), np.array([-1])], 0)
+        checked = ops.reshape(ops.reshape(logits, target, False), np.array([n, 1000]), False)
+        return ov.Core().compile_model(ov.Model([checked], [frame]))
+
+    return LocalRequests([model(4), model(1)], requests=1, max_batch=8)
+
+
+def start_eight(requests: LocalRequests, bad_frame: int) -> None:
+    data = np.ones((8, 224, 224, 3), np.uint8)
+    data[bad_frame, 0, 0, 0] = 3
+    index = np.array([(0, k, k) for k in range(8)], np.int64)
+    requests.start(messages.Batch(["s"], index, np.zeros((8, 2)), data))
+
+
+def test_a_failed_request_is_an_error_not_a_batch_that_never_comes_back():
+    requests = failing_requests()
+    start_eight(requests, bad_frame=0)  # the batch's first request fails, its last wakes
+    assert select.select([requests.fd], [], [], 30)[0]
+    with pytest.raises(InferenceError, match="inference failed: .*reshape"):
+        requests.finished()
+    requests.close()
+
+    requests = failing_requests()
+    start_eight(requests, bad_frame=4)  # its last request fails: nothing wakes the owner
+    assert not select.select([requests.fd], [], [], 1.0)[0]
+    assert requests.inflight == 1
+    with pytest.raises(InferenceError) as failed:
+        requests.check()
+    assert str(failed.value).startswith("inference failed: [cpu]reshape: the shape of input")
+    assert "\n" not in str(failed.value)
     requests.close()

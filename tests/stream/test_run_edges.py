@@ -10,7 +10,7 @@ import pytest
 from stream.pipeline import Pipeline, PipelineConfig, RunSummary, SourceReport
 from stream.progress import print_summary
 from stream.wire.transport import free_tcp_port
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_failing_model
 
 
 @pytest.mark.slow
@@ -79,3 +79,18 @@ def test_decoder_threads_reach_every_capture_of_run_and_batch(tmp_path):
     batch_cli.add_arguments(parser)
     args = [str(tmp_path), "-m", "m", "-o", str(tmp_path / "out"), "--decoder-threads", "SLICE"]
     assert batch_cli.config_from_args(parser.parse_args(args)).decoder_threads == "SLICE"
+
+
+def test_a_model_failing_inside_openvino_ends_the_run_with_one_line(tmp_path, clip_factory):
+    """Nothing wakes infer for a request OpenVINO failed: the run must still end, non-zero,
+    with OpenVINO's reason on one line, not hang waiting for the batch."""
+    model = write_failing_model(tmp_path / "failing")
+    clip = clip_factory(320, 180, 25, 20)
+    result = run_cli(
+        "ovstream", "run", str(clip), "--model", str(model), "--publish", "none", timeout=120
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "inference failed" in line]
+    assert len(lines) == 1, result.stderr
+    assert "reshape" in lines[0]
