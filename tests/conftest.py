@@ -96,16 +96,14 @@ def resnet50_random(tmp_path_factory) -> Path:
     return out
 
 
-def write_failing_model(folder):
-    """A model folder whose IR always fails inside OpenVINO at run time, never at compile time:
-    997 logits reshaped to a row count made from a pixel's value (p + 2 rows a frame never
-    divides 997 elements)."""
+def failing_ir(offset: int):
+    """An IR (u8 [?,224,224,3] -> f32 [?,997]) that fails inside OpenVINO at run time, never at
+    compile time: its 997 logits a frame are reshaped to N * (p + `offset`) rows, p the first
+    pixel of the request's first frame, which fits only where p + offset is 1 (997 is prime).
+    `offset` 2: it always fails; 0: it fails unless that pixel is 1."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
-
-    from stream.geometry import Geometry
-    from stream.model import ModelInfo
 
     frame = ops.parameter([-1, 224, 224, 3], ov.Type.u8, name="input")
     one = np.array([1, 1, 1, 1])
@@ -116,11 +114,21 @@ def write_failing_model(folder):
     p = ops.convert(
         ops.reshape(ops.slice(first, np.array([0, 0, 0, 0]), one, one), [1], False), ov.Type.i64
     )
-    rows = ops.multiply(n, ops.add(p, np.array([2], np.int64)))
+    rows = ops.multiply(n, ops.add(p, np.array([offset], np.int64)))
     bad = ops.reshape(logits, ops.concat([rows, np.array([-1])], 0), False)
     out = ops.reshape(bad, ops.concat([n, np.array([997])], 0), False)
+    return ov.Model([out], [frame], "failing")
+
+
+def write_failing_model(folder):
+    """A model folder whose IR always fails inside OpenVINO at run time (`failing_ir`)."""
+    import openvino as ov
+
+    from stream.geometry import Geometry
+    from stream.model import ModelInfo
+
     folder.mkdir()
-    ov.save_model(ov.Model([out], [frame], "failing"), folder / "model.xml")
+    ov.save_model(failing_ir(offset=2), folder / "model.xml")
     ModelInfo(
         name="failing",
         arch="failing",

@@ -14,6 +14,7 @@ from stream.geometry import Geometry, prepare
 from stream.inference import InferenceError, LocalRequests
 from stream.model import compile_batches, compile_model, load_info, request_batch, softmax
 from stream.wire import messages
+from tests.conftest import failing_ir
 
 
 def frames(photos: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -94,22 +95,14 @@ def test_max_batch_one_runs_a_request_per_frame(model, photos):
 
 def failing_requests() -> LocalRequests:
     """Requests of 4 and of 1 on an IR that fails inside OpenVINO when the first pixel of a
-    request's first frame is not 1 (a reshape whose target comes from it); the compiled
-    models live only in the requests, as `LocalRequests.compile` leaves them."""
+    request's first frame is not 1 (`failing_ir`); the compiled models live only in the
+    requests, as `LocalRequests.compile` leaves them."""
     import openvino as ov
-    import openvino.opset13 as ops
 
     def model(n: int) -> ov.CompiledModel:
-        frame = ops.parameter([n, 224, 224, 3], ov.Type.u8, name="input")
-        one = np.array([1, 1, 1, 1])
-        pixel = ops.slice(frame, np.array([0, 0, 0, 0]), one, one)
-        p = ops.convert(ops.reshape(pixel, np.array([1]), False), ov.Type.i64)
-        first = ops.slice(frame, np.array([0, 0, 0, 0]), np.array([n, 1, 1, 3]), one)
-        pixels = ops.reshape(ops.convert(first, ov.Type.f32), np.array([n, 3]), False)
-        logits = ops.matmul(pixels, np.ones((3, 1000), np.float32), False, False)
-        target = ops.concat([ops.multiply(p, np.array([n], np.int64)), np.array([-1])], 0)
-        checked = ops.reshape(ops.reshape(logits, target, False), np.array([n, 1000]), False)
-        return ov.Core().compile_model(ov.Model([checked], [frame]))
+        ir = failing_ir(offset=0)
+        ir.reshape(ov.PartialShape([n, 224, 224, 3]))
+        return ov.Core().compile_model(ir)
 
     return LocalRequests([model(4), model(1)], requests=1, max_batch=8)
 
