@@ -94,6 +94,9 @@ class LocalRequests:
         per_batch = {self.batch: max(1, max_batch // self.batch)}
         if self._singles:
             per_batch[1] = min(self.batch - 1, max_batch)
+        total = requests * sum(count + 1 for count in per_batch.values())
+        if total > 1 << 16:
+            raise ValueError(f"{total} infer requests: at most 65536")
         wake = functools.partial(os.write, self._wfd)
         self._all: list[Any] = []
         """Every request, by number."""
@@ -114,8 +117,6 @@ class LocalRequests:
                     self._running.append(None)
                     self._size.append(size)
                     pool[size].append(number)
-        if len(self._all) > 1 << 16:
-            raise ValueError(f"{len(self._all)} infer requests: at most 65536")
         # The pybind calls themselves: the Python wrapper's input dispatch costs 8 us a
         # request, a Tensor on the frames' memory 1.6 us.
         self._start_async = ov._pyopenvino.InferRequest.start_async
