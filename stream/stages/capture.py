@@ -251,7 +251,11 @@ class CaptureStage(Stage):
             if cfg.thread_count:
                 stream.thread_count = cfg.thread_count
             for index, pts, frame in decode_frames(self._container, stream, counters):
+                # A frame in hand when a stop comes (waiting for room downstream, or decoded
+                # after it) is not reached, like what the decoder still holds: it is not counted
+                # as decoded, so every frame the report counts has its result.
                 if self.should_stop():
+                    counters.decoded -= 1
                     stopped = True
                     break
                 self.stats["decoded"] = counters.decoded
@@ -259,6 +263,7 @@ class CaptureStage(Stage):
                 if not sampler.keep(pts):
                     continue
                 if not self._send_frame(index, pts, frame):
+                    counters.decoded -= 1
                     stopped = True
                     break
                 self.stats["frames"] = self._sent

@@ -289,6 +289,11 @@ def test_stop_from_the_python_api_drains(clip_factory, model):
             pipeline.stop()
     assert indices == list(range(len(indices))) and 5 <= len(indices) < 300
     assert pipeline.summary.interrupted and pipeline.summary.exit_code == 0
+    # Every frame it reports decoded has its result: a frame in hand when the stop came (waiting
+    # for room downstream) was not reached, like what the decoder still held.
+    (report,) = pipeline.summary.sources
+    assert report.stopped and report.skipped == 0
+    assert report.decoded == report.published == len(indices)
 
 
 BAD_SOURCES = [
