@@ -420,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                     "limit_fps": lim,
                     "pipeline_fps": p["fps"],
                     "ratio": ratio,
+                    "ceiling_warning": w,
                 }
-                for ratio, c, lim, _, p in rounds
+                for ratio, c, lim, w, p in rounds
             ],
             "naive_fps": naive,
             **pipe,
