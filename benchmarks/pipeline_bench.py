@@ -58,6 +58,7 @@ from stream.config import FRAME_FORMAT_CHOICES, resolve_frame_format  # noqa: E4
 from stream.geometry import prepare  # noqa: E402
 from stream.model import ModelInfo, compile_model, load_info, request_batch  # noqa: E402
 from stream.sources.decode import WindowScaler  # noqa: E402
+from stream.stages.capture import auto_thread_count  # noqa: E402
 from stream.stages.preprocess import DEFAULT_MAX_BATCH  # noqa: E402
 
 PACE_BURST = 8
@@ -116,12 +117,6 @@ def decode_cpu_per_frame(
     streams than cores) and 1 (what it uses for as many as cores or more). The limit takes the
     cheaper, so it assumes the cheapest decoding; the overhead takes capture's."""
     return {threads: decode_cpu(clip, info, scale, threads, fmt) for threads in (0, 1)}
-
-
-def capture_threads(streams: int, cores: int) -> int:
-    """Decoder threads a capture of the pipeline uses (0: FFmpeg's choice) with `streams` at
-    once: one thread each once the streams alone keep every core busy (`stream.pipeline`)."""
-    return 1 if streams >= cores else 0
 
 
 def decode_cpu(clip: Path, info: ModelInfo, scale: bool, threads: int, fmt: str = "bgr") -> float:
@@ -373,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         decodes = decode_cpu_per_frame(clip, info, scale=False)
         decode_scales = decode_cpu_per_frame(clip, info, scale=True, fmt=fmt)
         decode, decode_scale = min(decodes.values()), min(decode_scales.values())
-        decode_scale_capture = decode_scales[capture_threads(streams, cores)]
+        decode_scale_capture = decode_scales[auto_thread_count(streams, cores)]
         rounds = []
         for k in range(args.rounds):  # alternated: a slow spell of the machine hits both
             compiled = compile_model(info, args.device, "throughput")  # for both pure runs
@@ -510,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in rows:
         if r["overhead_ms"] is not None:
-            threads = capture_threads(r["streams"], cores)
+            threads = auto_thread_count(r["streams"], cores)
             print(
                 f"{r['clip']:>11}  {r['cpu_ms_total']:.2f}"
                 f" - dec+sc {r['decode_scale_capture_ms']:.2f}"

@@ -35,7 +35,7 @@ from stream.errors import UserError
 from stream.model import load_info
 from stream.ops.metrics import ExtraMetrics, MetricsServer
 from stream.reports import RunSummary, SourceReport, source_report
-from stream.stages.capture import CaptureConfig, CaptureStage
+from stream.stages.capture import CaptureConfig, CaptureStage, auto_thread_count
 from stream.stages.infer import InferConfig, InferStage
 from stream.stages.preprocess import (
     PreprocessConfig,
@@ -157,10 +157,11 @@ class Pipeline:
             for k in range(cfg.max_jobs):
                 stages.append(CaptureStage(worker, cfg.transport, endpoints, worker=k))
         captures = sum(isinstance(s, CaptureStage) for s in stages)
-        if cfg.decoder_threads == "AUTO" and captures >= (os.cpu_count() or 1):
+        threads = auto_thread_count(captures, os.cpu_count() or 1)
+        if cfg.decoder_threads == "AUTO" and threads:
             for stage in stages:  # the streams keep every core busy: one thread a decoder
                 if isinstance(stage, CaptureStage):
-                    stage.config.thread_count = 1
+                    stage.config.thread_count = threads
         if cfg.transport.shared_memory:
             self._shm_dir = make_run_dir(captures, info.geometry.frame_shape(fmt))
             if self._shm_dir:

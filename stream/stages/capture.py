@@ -57,6 +57,14 @@ STATUS_HWM = 1000
 FILE_BATCH_WAIT_S = 0.02
 """The longest a decoded frame of a file waits here for the rest of its message
 (`CaptureConfig.max_batch`)."""
+
+
+def auto_thread_count(decoders: int, cores: int) -> int:
+    """Decoder threads for a file's capture under AUTO with `decoders` captures at once (0:
+    FFmpeg's choice, frame threads): one thread each once they alone keep every core busy."""
+    return 1 if decoders >= cores else 0
+
+
 ENDED_KEYS = ("stream", "frames", "decoded", "skipped", "dropped", "reconnects", "error", "stopped")
 """A pool worker's counters of a finished stream, sent with its request for the next one."""
 
@@ -335,8 +343,6 @@ class CaptureStage(LiveCapture, Stage):
         if self._pending and pool is not None:
             pool.release([slot for *_, slot in self._pending])
         self._pending = []
-
-    # -- live: reconnect, never fall behind ------------------------------------------------------
 
     # -- status events ------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class LiveCapture:
     """`CaptureStage`'s methods for a live source (a mixin: the state is the stage's)."""
 
+    name: str
     config: CaptureConfig
     spec: SourceSpec
     stats: dict[str, Any]
